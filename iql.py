@@ -96,6 +96,7 @@ ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so thei
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius, used for relabelling
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
 CHECKPOINT_FORMAT = "iql.py checkpoint v1"
+RUN_CONTROL = ("cuda", "compile", "eval_interval", "eval_episodes", "log_interval", "save_model", "checkpoint_interval", "runs_dir")
 
 # The paper's one setting per domain (appendix B); eval cadence as the authors ran it.
 DOMAIN_DEFAULTS = {
@@ -381,8 +382,13 @@ if __name__ == "__main__":
     dataset_id = resolve_dataset_id(args.env_id or (ckpt["dataset_id"] if ckpt else DEFAULT_ENV_ID), local_ids)
     if ckpt and dataset_id != ckpt["dataset_id"]:
         fail(f"the checkpoint was trained on '{ckpt['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that dataset")
-    if args.resume:  # the same run goes on: its hyperparameters, not today's defaults
-        args = replace(Args(**ckpt["args"]), resume=args.resume, cuda=args.cuda)
+    if args.resume:  # the same run goes on: the checkpoint's values are the defaults, and only run-control flags may change
+        saved = Args(**ckpt["args"])
+        args = tyro.cli(Args, default=replace(saved, resume=args.resume, env_id=saved.env_id))
+        changed = [k for k in asdict(saved) if k not in (*RUN_CONTROL, "resume") and getattr(args, k) != getattr(saved, k)]
+        if changed:
+            fail(f"--{changed[0].replace('_', '-')} cannot change when resuming (the run continues exactly as it started); "
+                 f"start a new run instead, or change only {', '.join('--' + k.replace('_', '-') for k in RUN_CONTROL)}")
     elif args.eval_only:
         saved = Args(**ckpt["args"])
         args = replace(saved, eval_only=args.eval_only, cuda=args.cuda, seed=args.seed,
@@ -540,7 +546,7 @@ if __name__ == "__main__":
                 writer.add_scalar("eval/normalized_score", score, step)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
-            print(f"step {step:>8}/{args.total_steps} | score {'n/a' if score is None else f'{score:6.1f}'} | "
+            print(f"step {step:>8}/{args.total_steps} | score {'n/a' if score is None else f'{score:.1f}':>6} | "
                   f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
                   f"{speed:6.0f} updates/s | ETA {eta}", flush=True)
             log_time = time.perf_counter()  # evaluation time is not training time

@@ -1,0 +1,329 @@
+"""iql.py: loss math against hand-computed values, data conversion, and real runs as subprocesses on local Minari data."""
+
+import importlib.util
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+spec = importlib.util.spec_from_file_location("iql", ROOT / "iql.py")
+iql = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(iql)
+
+TINY = ["--batch-size", "64", "--hidden-dim", "64", "--log-interval", "10"]
+
+
+# ---------------------------------------------------------------------------------------------- loss math
+def test_expectile_loss_at_half_is_half_the_mse():
+    diff = torch.tensor([1.5, -2.0, 0.25, -0.5])
+    assert iql.expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (diff**2).mean().item())
+
+
+def test_expectile_loss_is_asymmetric():
+    # u = +2 weighs 0.9, u = −2 weighs 0.1: (0.9·4 + 0.1·4) / 2 = 2.0; u = +1, −3: (0.9·1 + 0.1·9) / 2 = 0.9
+    assert iql.expectile_loss(torch.tensor([2.0, -2.0]), 0.9).item() == pytest.approx(2.0)
+    assert iql.expectile_loss(torch.tensor([1.0, -3.0]), 0.9).item() == pytest.approx(0.9)
+    # under-estimating V (u > 0) costs 9× more than over-estimating it by the same amount at τ = 0.9
+    assert iql.expectile_loss(torch.tensor([1.0]), 0.9).item() == pytest.approx(9 * iql.expectile_loss(torch.tensor([-1.0]), 0.9).item())
+
+
+def test_expectile_loss_minimiser_is_the_expectile():
+    # the τ-expectile m of {0, 1} solves τ(1 − m) = (1 − τ)m, i.e. m = τ; fit a scalar V by gradient descent
+    v = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([v], lr=0.5)
+    for _ in range(500):
+        opt.zero_grad()
+        iql.expectile_loss(torch.tensor([0.0, 1.0]) - v, 0.9).backward()
+        opt.step()
+    assert v.item() == pytest.approx(0.9, abs=1e-4)
+
+
+def test_awr_weights_and_clip():
+    w = iql.awr_weights(torch.tensor([0.0, 0.1, -0.2, 1.0]), temperature=10.0, exp_adv_max=100.0)
+    assert w.tolist() == pytest.approx([1.0, math.e, math.exp(-2.0), 100.0])  # exp(10) = 22026 is clipped to 100
+
+
+def test_td_target_uses_terminal_mask_only():
+    r, masks, next_v = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0]), torch.tensor([2.0, 5.0, -4.0])
+    assert iql.td_target(r, masks, next_v, 0.9).tolist() == pytest.approx([1.0 + 1.8, -1.0, 0.5 - 3.6])
+
+
+def test_gaussian_log_prob_matches_torch_normal():
+    mean, log_std, a = torch.tensor([[0.1, -0.3]]), torch.tensor([-1.0, 0.5]), torch.tensor([[0.4, 0.2]])
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(a).sum(-1)
+    assert iql.gaussian_log_prob(mean, log_std, a).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_actor_mean_is_bounded_and_log_std_clipped():
+    actor = iql.Actor(5, 3, 32, 0.0)
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-9.0, 0.0, 7.0]))
+    mean, log_std = actor(100 * torch.randn(50, 5))
+    assert mean.abs().max() <= 1.0 and log_std.tolist() == [-5.0, 0.0, 2.0]
+
+
+def test_twin_q_heads_are_two_independent_mlps():
+    torch.manual_seed(0)
+    qf = iql.TwinQNetwork(4, 2, 16)
+    obs, act = torch.randn(7, 4), torch.randn(7, 2)
+    q = qf(obs, act)
+    for head in range(2):
+        x = torch.cat([obs, act], -1)
+        for layer in range(3):
+            x = x @ qf.weights[layer][head] + qf.biases[layer][head]
+            x = torch.relu(x) if layer < 2 else x
+        assert torch.allclose(q[head], x.squeeze(-1), atol=1e-6)
+    assert not torch.allclose(q[0], q[1])  # separately initialised
+
+
+# ---------------------------------------------------------------------------------------------- data conversion
+def episode(achieved, terminations, truncations, rewards=None):
+    n = len(terminations)
+    achieved = np.asarray(achieved, dtype=np.float64)
+    obs = dict(achieved_goal=achieved, observation=np.arange(len(achieved) * 3, dtype=np.float64).reshape(-1, 3),
+               desired_goal=np.zeros_like(achieved))
+    return SimpleNamespace(observations=obs, actions=np.full((n, 2), 1.0), rewards=np.asarray(rewards or [0.0] * n),
+                           terminations=np.asarray(terminations), truncations=np.asarray(truncations))
+
+
+def test_masks_come_from_terminations_not_truncations():
+    ep = episode(np.zeros((4, 2)), [False, False, True], [False, False, False], rewards=[1.0, 2.0, 3.0])
+    obs, actions, rewards, next_obs, masks = iql.episode_transitions(ep, "antmaze", goal=None)
+    assert masks.tolist() == [1.0, 1.0, 0.0]
+    ep = episode(np.zeros((4, 2)), [False, False, False], [False, False, True])
+    assert iql.episode_transitions(ep, "antmaze", goal=None)[4].tolist() == [1.0, 1.0, 1.0]  # a time limit bootstraps
+    # AntMaze observations are (x, y) + the 27-dim (here 3-dim) ant state; next_obs is obs shifted by one
+    assert obs.shape == (3, 5) and np.array_equal(next_obs[:-1], obs[1:]) and rewards.tolist() == [1.0, 2.0, 3.0]
+    assert actions.max() == pytest.approx(1 - 1e-5)  # clipped so the Gaussian log-likelihood stays finite
+
+
+def test_maze_relabelling_against_the_eval_goal():
+    # s0 → s1 far, s1 → s2 reaches within 0.5 of the goal, s2 → s3 leaves again
+    achieved = [[0.0, 0.0], [2.0, 0.0], [3.9, 0.2], [5.0, 0.0]]
+    ep = episode(achieved, [False] * 3, [False, False, True], rewards=[1.0, 1.0, 1.0])
+    _, _, rewards, _, masks = iql.episode_transitions(ep, "pointmaze", goal=np.array([4.0, 0.0]))
+    assert rewards.tolist() == [0.0, 1.0, 0.0] and masks.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_reward_preprocessing_per_domain():
+    r, returns = np.array([0.0, 1.0, 2.0]), np.array([10.0, 50.0, 30.0])
+    assert iql.preprocess_rewards(r, returns, "antmaze").tolist() == [-1.0, 0.0, 1.0]
+    assert iql.preprocess_rewards(r, returns, "locomotion").tolist() == pytest.approx([0.0, 25.0, 50.0])  # · 1000 / 40
+    assert iql.preprocess_rewards(r, returns, "adroit").tolist() == [0.0, 1.0, 2.0]
+
+
+def test_dataset_ids():
+    assert iql.resolve_dataset_id("antmaze-medium-diverse-v0") == "D4RL/antmaze/medium-diverse-v1"
+    assert iql.resolve_dataset_id("antmaze-umaze-v2") == "D4RL/antmaze/umaze-v1"
+    assert iql.resolve_dataset_id("maze2d-large-dense-v1") == "D4RL/pointmaze/large-dense-v2"
+    assert iql.resolve_dataset_id("kitchen-mixed-v0") == "D4RL/kitchen/mixed-v2"
+    assert iql.resolve_dataset_id("relocate-cloned-v1") == "D4RL/relocate/cloned-v2"
+    assert iql.resolve_dataset_id("mujoco/walker2d/simple-v0") == "mujoco/walker2d/simple-v0"
+    assert iql.resolve_dataset_id("my/own/data-v0", local_ids={"my/own/data-v0"}) == "my/own/data-v0"
+    assert [iql.domain_of(d) for d in ["D4RL/antmaze/umaze-v1", "D4RL/pointmaze/open-v2", "D4RL/door/human-v2",
+                                       "D4RL/kitchen/mixed-v2", "mujoco/hopper/medium-v0"]] == \
+        ["antmaze", "pointmaze", "adroit", "kitchen", "locomotion"]
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+def events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def only_run_dir(runs):
+    dirs = list(Path(runs).iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.parametrize("env_id, domain, obs_dim", [
+    ("antmaze-medium-diverse-v0", "antmaze", 29),
+    ("D4RL/pointmaze/umaze-v2", "pointmaze", 4),
+    ("mujoco/hopper/medium-v0", "locomotion", 11),
+    ("pen-human-v1", "adroit", 45),
+])
+def test_smoke_run_writes_events_checkpoint_and_evaluation(minari_root, tmp_path, env_id, domain, obs_dim):
+    proc = run_script("iql.py", "--env-id", env_id, "--total-steps", 60, "--eval-interval", 30, "--eval-episodes", 2,
+                      "--checkpoint-interval", 30, *TINY, cwd=tmp_path)
+    assert f"({domain}," in proc.stdout and f"obs {obs_dim}," in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split("|")[0].split()[1] for line in lines] == ["30/60", "60/60"]
+    assert "updates/s" in lines[-1] and "ETA" in lines[-1]
+    run_dir = only_run_dir(tmp_path / "runs")
+    scalars = events(run_dir)
+    for tag in ["losses/qf_loss", "losses/vf_loss", "losses/actor_loss", "values/q", "values/v", "values/advantage",
+                "charts/SPS", "charts/learning_rate", "eval/return", "eval/success_rate"]:
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["losses/qf_loss"]] == [10, 20, 30, 40, 50, 60]
+    assert all(np.isfinite(v) for _, v in scalars["losses/qf_loss"])
+    # the actor's learning rate decays along a cosine to 0 at the last step
+    assert scalars["charts/learning_rate"][-1][1] == pytest.approx(0.0, abs=1e-12)
+    assert scalars["charts/learning_rate"][2][1] == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi * 30 / 60)), rel=1e-5)
+    # a normalised score is reported for mazes (success) and for datasets with reference scores (pen), not for Minari mujoco
+    has_score = domain != "locomotion"
+    assert ("eval/normalized_score" in scalars) == has_score
+    assert ("score    n/a" in lines[-1]) != has_score
+    ckpt = torch.load(run_dir / "checkpoint_60.pt", weights_only=True)
+    assert ckpt["step"] == 60 and ckpt["obs_dim"] == obs_dim and ckpt["dataset_id"] == iql.resolve_dataset_id(env_id)
+    for k in ["expectile", "temperature", "dropout_rate"]:  # the per-domain defaults, as no flag set them
+        assert ckpt["args"][k] == iql.DOMAIN_DEFAULTS[domain][k]
+    assert (run_dir / "checkpoint_30.pt").exists() and not list(run_dir.glob("*.tmp"))
+
+
+def test_umaze_is_evaluated_on_the_data_maze_not_the_mirrored_one(minari_root):
+    import minari
+
+    ds = minari.load_dataset("D4RL/antmaze/umaze-v1")
+    env = iql.make_eval_env(ds, "D4RL/antmaze/umaze-v1", "antmaze")
+    obs, _ = env.reset(seed=0)
+    maze = env.unwrapped.maze
+    goal_cell = maze.cell_xy_to_rowcol(maze.unique_goal_locations[0])
+    assert tuple(goal_cell) == (1, 1)  # the data env's goal; Minari's eval map puts it at (3, 3)
+    assert tuple(maze.cell_xy_to_rowcol(obs["achieved_goal"])) == (3, 1)
+    assert env.unwrapped.continuing_task is False  # an episode ends at the goal
+
+
+def final_params(path):
+    ckpt = torch.load(path, weights_only=True)
+    return {f"{net}.{k}": v for net in ["actor", "qf", "qf_target", "vf"] for k, v in ckpt[net].items()}
+
+
+def test_resume_in_the_middle_equals_a_straight_run(minari_root, tmp_path):
+    args = ["--env-id", "pen-human-v1", "--total-steps", 80, "--eval-interval", 40, "--eval-episodes", 1,
+            "--checkpoint-interval", 40, *TINY]  # pen's actor has dropout: its RNG state must survive the resume too
+    (tmp_path / "a").mkdir()
+    run_script("iql.py", *args, cwd=tmp_path / "a")
+    straight = only_run_dir(tmp_path / "a" / "runs")
+    resumed_dir = tmp_path / "b"
+    resumed_dir.mkdir()
+    shutil.copy(straight / "checkpoint_40.pt", resumed_dir / "checkpoint_40.pt")
+    proc = run_script("iql.py", "--resume", resumed_dir / "checkpoint_40.pt", cwd=tmp_path)
+    assert "resuming run" in proc.stdout and "step       80/80" in proc.stdout
+    a, b = final_params(straight / "checkpoint_80.pt"), final_params(resumed_dir / "checkpoint_80.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = torch.load(straight / "checkpoint_80.pt", weights_only=True), torch.load(resumed_dir / "checkpoint_80.pt", weights_only=True)
+    assert sa["actor_scheduler"] == sb["actor_scheduler"] and torch.equal(sa["rng_cpu"], sb["rng_cpu"])
+    assert torch.equal(sa["actor_optimizer"]["state"][0]["exp_avg"], sb["actor_optimizer"]["state"][0]["exp_avg"])
+    # the resumed run's later events continue the same tensorboard run
+    assert [s for s, _ in events(resumed_dir)["losses/qf_loss"]][-1] == 80
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minari_root, tmp_path):
+    args = ["--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 600, "--eval-interval", 600, "--eval-episodes", 1,
+            "--checkpoint-interval", 10_000, *TINY]
+    run_script("iql.py", *args, "--runs-dir", tmp_path / "straight", cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "iql.py"), *map(str, args), "--runs-dir", str(tmp_path / "int")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "int").exists() or not list((tmp_path / "int").glob("*/events*")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted at step" in out, out
+    ckpt = next((tmp_path / "int").glob("*/checkpoint_*.pt"))
+    interrupted_at = int(ckpt.stem.split("_")[1])
+    assert 0 <= interrupted_at < 600
+    run_script("iql.py", "--resume", ckpt, cwd=tmp_path)
+    a = final_params(next((tmp_path / "straight").glob("*/checkpoint_600.pt")))
+    b = final_params(ckpt.parent / "checkpoint_600.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_only_from_a_checkpoint(minari_root, tmp_path):
+    run_script("iql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 20, "--eval-interval", 20,
+               "--eval-episodes", 1, *TINY, cwd=tmp_path)
+    ckpt = next((tmp_path / "runs").glob("*/checkpoint_20.pt"))
+    proc = run_script("iql.py", "--eval-only", ckpt, "--eval-episodes", 3, cwd=tmp_path)
+    assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | score" in proc.stdout
+    proc = run_script("iql.py", "--eval-only", ckpt, "--env-id", "D4RL/antmaze/umaze-v1", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "trained on 'D4RL/pointmaze/umaze-v2', not 'D4RL/antmaze/umaze-v1'" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def error_of(tmp_path, *args):
+    proc = run_script("iql.py", *args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("iql.py: error: "), proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written
+    return lines[-1]
+
+
+def test_unknown_dataset_names_the_closest(minari_root, tmp_path):
+    msg = error_of(tmp_path, "--env-id", "antmaze-medium-divers-v0")
+    assert "unknown dataset 'antmaze-medium-divers-v0'" in msg and "antmaze-medium-diverse-v0" in msg
+
+
+def test_d4rl_locomotion_name_points_to_minari(minari_root, tmp_path):
+    msg = error_of(tmp_path, "--env-id", "hopper-medium-replay-v2")
+    assert "'mujoco/hopper/medium-v0'" in msg and "not comparable" in msg
+
+
+def test_missing_dataset_offline_says_how_to_get_it(minari_root, tmp_path):
+    msg = error_of(tmp_path, "--env-id", "antmaze-large-play-v2")
+    assert "D4RL/antmaze/large-play-v1" in msg and "MINARI_DATASETS_PATH" in msg and "minari download" in msg
+    assert str(minari_root) in msg
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--expectile", "1.0", "--expectile must be in (0, 1)"),
+    ("--expectile", "0", "--expectile must be in (0, 1)"),
+    ("--temperature", "0", "--temperature must be > 0"),
+    ("--temperature", "-3", "--temperature must be > 0"),
+])
+def test_bad_hyperparameters(minari_root, tmp_path, flag, value, expected):
+    assert expected in error_of(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", flag, value)
+
+
+def test_batch_larger_than_dataset(minari_root, tmp_path):
+    msg = error_of(tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--batch-size", "100000")
+    assert "--batch-size 100000 is larger than the dataset (600 transitions)" in msg
+
+
+def test_corrupt_checkpoint(minari_root, tmp_path):
+    bad = tmp_path / "checkpoint_5.pt"
+    bad.write_bytes(b"\x80\x02not a checkpoint at all" * 10)
+    assert "corrupt" in error_of(tmp_path, "--resume", bad)
+    torch.save({"weights": torch.zeros(3)}, bad)
+    assert "not an iql.py checkpoint" in error_of(tmp_path, "--eval-only", bad)
+    assert "no checkpoint at" in error_of(tmp_path, "--resume", tmp_path / "missing.pt")
+
+
+def test_resume_refuses_a_changed_hyperparameter_and_another_dataset(minari_root, tmp_path):
+    run_script("iql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 10, "--eval-interval", 10,
+               "--eval-episodes", 1, *TINY, "--runs-dir", tmp_path / "first", cwd=tmp_path)
+    ckpt = next((tmp_path / "first").glob("*/checkpoint_10.pt"))
+    assert "--expectile cannot change when resuming" in error_of(tmp_path, "--resume", ckpt, "--expectile", "0.6")
+    assert "trained on 'D4RL/pointmaze/umaze-v2'" in error_of(tmp_path, "--resume", ckpt, "--env-id", "mujoco/hopper/medium-v0")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, tmp_path):
+    # exp(advantage) overflows once Q has learnt pen's large dense rewards: with the clip lifted to 3e38, the actor loss
+    # becomes inf after some hundred steps
+    proc = run_script("iql.py", "--env-id", "pen-human-v1", "--total-steps", 2000, "--batch-size", "32", "--log-interval", 1,
+                      "--checkpoint-interval", 10, "--eval-interval", 10_000, "--eval-episodes", 1, "--temperature", 20,
+                      "--exp-adv-max", "3e38", "--critic-lr", "3e-3", "--value-lr", "3e-3", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    msg = proc.stderr.strip().splitlines()[-1]
+    assert "non-finite loss by step" in msg and "the last good checkpoint is" in msg, msg
+    bad_step = int(msg.split("by step ")[1].split()[0])
+    kept = tmp_path / msg.split("the last good checkpoint is ")[1].split(". ")[0]
+    steps = sorted(int(p.stem.split("_")[1]) for p in kept.parent.glob("checkpoint_*.pt"))
+    assert steps[-1] == int(kept.stem.split("_")[1]) < bad_step and steps[-1] >= bad_step - 10
+    assert all(torch.isfinite(v).all() for v in final_params(kept).values())

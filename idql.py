@@ -31,6 +31,7 @@ import os
 import random
 import re
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, NamedTuple, Optional
@@ -159,8 +160,9 @@ class Batch(NamedTuple):
 
 
 def fail(message: str):
-    """Stop with a one-line error (exit status 2) that says what to do."""
-    raise SystemExit(f"idql.py: error: {message}")
+    """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
+    print(f"idql.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_dataset_id(name: str, local_ids=()) -> str:

@@ -1,0 +1,208 @@
+"""iql_finetune.py: the replay buffer and masks as functions, then the script as a subprocess with tiny budgets on the
+local test datasets of conftest.py (offline + online smoke run, --load-model from an iql.py checkpoint, resume in the
+online phase, bad inputs), and the PointMaze evidence that online fine-tuning beats the offline result."""
+
+import glob
+import importlib.util
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+POINTMAZE = "D4RL/pointmaze/umaze-v2"
+HOPPER = "mujoco/hopper/medium-v0"
+POINTMAZE_GOAL = np.array([-1.0, 1.0])  # centre of the eval goal cell (1, 1) of the 5x5 U-maze (maze_size_scaling 1)
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("iql_finetune", ROOT / "iql_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ft = load_module()
+
+
+def scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def only_run_dir(cwd):
+    dirs = glob.glob(str(cwd / "runs" / "*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def eval_lines(stdout):
+    """(step, success, return) of each evaluation line."""
+    return [(int(m[1]), float(m[2]), float(m[3])) for m in re.finditer(r"^step +(\d+)/\d+ .*?success ([\d.]+) \| return +(-?[\d.]+)",
+                                                                         stdout, re.M)]
+
+
+# --- functions ---------------------------------------------------------------------------------------------------------
+
+def rows(values, obs_dim=2, act_dim=1):
+    v = np.asarray(values, np.float32)
+    return (np.repeat(v[:, None], obs_dim, 1), np.repeat(v[:, None], act_dim, 1), v, v[:, None].repeat(obs_dim, 1) + 0.5,
+            np.ones_like(v))
+
+
+def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
+    buffer = ft.ReplayBuffer(10, obs_dim=2, act_dim=1, device="cpu")
+    buffer.add(*rows(range(6)), online=False)
+    assert buffer.size == 6 and buffer.online_added == 0 and len(buffer.online_rows()) == 0
+    drawn = buffer.sample(1000)
+    assert set(drawn.rewards.tolist()) == set(range(6))  # only the offline rows, all of them
+    assert torch.equal(drawn.observations[:, 0], drawn.rewards) and torch.equal(drawn.next_observations[:, 1], drawn.rewards + 0.5)
+
+    buffer.add(*rows([100, 101, 102]))  # fits: nothing evicted yet
+    assert buffer.size == 9 and sorted(buffer.batch(torch.arange(9)).rewards.tolist()) == [0, 1, 2, 3, 4, 5, 100, 101, 102]
+    for r in range(103, 107):  # one at a time, as the online loop adds them
+        buffer.add(*rows([r]))
+    kept = sorted(buffer.batch(torch.arange(10)).rewards.tolist())
+    assert buffer.size == 10 and kept == [3, 4, 5, 100, 101, 102, 103, 104, 105, 106]  # offline 0, 1, 2 went first
+    assert buffer.online_rows()[:, 3].tolist() == list(range(100, 107))  # reward column, oldest first
+    buffer.add(*rows(range(107, 112)))
+    assert sorted(buffer.batch(torch.arange(10)).rewards.tolist()) == list(range(102, 112))  # then the oldest online ones
+    assert buffer.online_added == 12 and buffer.online_rows()[:, 3].tolist() == list(range(102, 112))
+    with pytest.raises(ValueError):
+        buffer.add(*rows(range(11)))
+
+
+def test_masks_termination_vs_truncation():
+    # (terminated, truncated, relabelled goal reached or None) -> (bootstrap mask, episode over)
+    assert ft.online_flags(True, False, None) == (0.0, True)  # a true termination stops bootstrapping
+    assert ft.online_flags(False, True, None) == (1.0, True)  # a time limit bootstraps
+    assert ft.online_flags(True, True, None) == (0.0, True)
+    assert ft.online_flags(False, False, None) == (1.0, False)
+    assert ft.online_flags(False, False, True) == (0.0, True)  # mazes: the relabelled goal is the termination
+    assert ft.online_flags(True, False, False) == (1.0, True)  # the env's own (noisy-goal) success alone only ends it
+    assert ft.online_flags(False, True, False) == (1.0, True)
+    assert ft.online_flags(False, True, True) == (0.0, True)
+
+
+def test_offline_relabelling_and_reward_shift_match_the_online_ones():
+    class Episode:  # a Minari episode that ends by truncation and passes through the goal radius at its second step
+        achieved = np.array([[0.0, 0.0], [-0.5, 0.6], [-0.9, 0.9], [-2.0, 2.0]])
+        observations = dict(observation=np.hstack([achieved, np.zeros((4, 2))]), achieved_goal=achieved)
+        actions, rewards = np.array([[2.0, 0.0], [0.0, -1.0], [0.5, 0.5]]), np.array([1.0, 1.0, 1.0])
+        terminations, truncations = np.zeros(3, bool), np.array([False, False, True])
+
+    obs, actions, rewards, next_obs, masks = ft.episode_transitions(Episode, "pointmaze", POINTMAZE_GOAL)
+    assert rewards.tolist() == [0.0, 1.0, 0.0] and masks.tolist() == [1.0, 0.0, 1.0]  # truncation at the end bootstraps
+    assert rewards.tolist() == ft.goal_reached(next_obs[:, :2], POINTMAZE_GOAL).astype(float).tolist()
+    assert actions.max() < 1 and actions.min() > -1
+    _, _, raw_rewards, _, raw_masks = ft.episode_transitions(Episode, "pointmaze", None)  # --no-relabel: Minari's own
+    assert raw_rewards.tolist() == [1.0, 1.0, 1.0] and raw_masks.tolist() == [1.0, 1.0, 1.0]
+    assert ft.reward_scale_shift(np.array([1.0, 5.0]), "antmaze") == (1.0, -1.0)
+    assert ft.reward_scale_shift(np.array([100.0, 600.0]), "locomotion") == (2.0, 0.0)
+    assert ft.reward_scale_shift(np.array([100.0, 600.0]), "adroit") == (1.0, 0.0)
+
+
+# --- the script ---------------------------------------------------------------------------------------------------------
+
+TINY = ["--batch-size", "64", "--hidden-dim", "64", "--eval-episodes", "5"]
+
+
+def test_smoke_offline_then_online(minari_root, tmp_path):
+    proc = run_script("iql_finetune.py", "--env-id", POINTMAZE, "--offline-steps", 300, "--online-steps", 300,
+                      "--eval-interval", 200, "--log-interval", 100, "--checkpoint-interval", 200, *TINY, cwd=tmp_path)
+    assert "30000 transitions" in proc.stdout and "300 offline + 300 online steps" in proc.stdout
+    assert [s for s, _, _ in eval_lines(proc.stdout)] == [200, 300, 400, 600]  # after the offline phase, then on interval
+    assert re.search(r"online 300/300 .*updates/s .*env steps/s", proc.stdout)
+    run_dir = only_run_dir(tmp_path)
+    for tag in ["eval/success_rate", "eval/normalized_score", "losses/qf_loss", "charts/updates_per_s", "charts/env_steps_per_s",
+                "charts/episodic_return", "charts/episodic_success"]:
+        assert scalars(run_dir, tag), tag
+    rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
+    assert len(rates) == 6 and all(v == pytest.approx(3e-4) for v in rates)  # no decay in either phase
+
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint_600.pt"), weights_only=True)
+    assert ckpt["format"] == "iql_finetune.py checkpoint v1" and ckpt["online_added"] == 300
+    online = ckpt["online_rows"].numpy()  # obs (4) | action (2) | reward | next obs (4) | mask
+    assert online.shape == (300, 12) and np.abs(online[:, 4:6]).max() <= 1
+    assert np.allclose(online[1:, :4][online[:-1, 11] == 1], online[:-1, 7:11][online[:-1, 11] == 1])  # consecutive steps
+    reached = np.linalg.norm(online[:, 7:9] - POINTMAZE_GOAL, axis=1) <= 0.5  # the offline data's relabelling
+    assert np.array_equal(online[:, 6], reached - 1.0) and np.array_equal(online[:, 11], 1.0 - reached)
+    assert "online_rows" in torch.load(os.path.join(run_dir, "checkpoint_200.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def iql_checkpoint(minari_root, tmp_path_factory):
+    """A checkpoint of iql.py itself (200 steps on Hopper) and the line of its final evaluation."""
+    cwd = tmp_path_factory.mktemp("iql")
+    proc = run_script("iql.py", "--env-id", HOPPER, "--total-steps", 200, "--eval-interval", 200, "--checkpoint-interval", 200,
+                      *TINY, cwd=cwd)
+    (path,) = glob.glob(str(cwd / "runs" / "*" / "checkpoint_200.pt"))
+    return path, eval_lines(proc.stdout)[-1]
+
+
+def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
+    path, (_, _, iql_return) = iql_checkpoint
+    proc = run_script("iql_finetune.py", "--load-model", path, "--online-steps", 200, "--eval-interval", 100, *TINY, cwd=tmp_path)
+    assert "offline phase is skipped" in proc.stdout and "0 offline + 200 online steps" in proc.stdout
+    evals = eval_lines(proc.stdout)
+    assert [s for s, _, _ in evals] == [0, 100, 200]
+    assert evals[0][2] == iql_return  # same actor, same evaluation seeds: the iql.py networks were loaded
+    run_dir = only_run_dir(tmp_path)
+    rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
+    assert rates and all(v == pytest.approx(3e-4) for v in rates)  # not iql.py's rate, cosine-decayed to 0 at its last step
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint_200.pt"), weights_only=True)
+    assert ckpt["dataset_id"] == HOPPER and ckpt["args"]["offline_steps"] == 0 and ckpt["args"]["load_model"] == path
+    masks = ckpt["online_rows"][:, -1]  # Hopper's time limit is 1000 steps: every episode ended in 200 steps is a fall
+    assert ckpt["episodes"] >= 1 and (masks == 0).sum() == ckpt["episodes"] and set(masks.tolist()) == {0.0, 1.0}
+
+
+def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
+    common = ["--eval-interval", 1000, "--checkpoint-interval", 150, *TINY]
+    run_script("iql_finetune.py", "--env-id", POINTMAZE, "--offline-steps", 100, "--online-steps", 200, *common, cwd=tmp_path)
+    run_dir = only_run_dir(tmp_path)
+    os.remove(os.path.join(run_dir, "checkpoint_300.pt"))
+    proc = run_script("iql_finetune.py", "--resume", os.path.join(run_dir, "checkpoint_150.pt"), cwd=tmp_path)
+    assert "at step 150/300" in proc.stdout and "buffer restored: 30000 offline + 50 online rows" in proc.stdout
+    resumed = torch.load(os.path.join(run_dir, "checkpoint_300.pt"), weights_only=True)
+    assert resumed["online_added"] == 200 and len(resumed["online_rows"]) == 200
+    mid = torch.load(os.path.join(run_dir, "checkpoint_150.pt"), weights_only=True)
+    assert torch.equal(resumed["online_rows"][:50], mid["online_rows"])  # the rows collected before the stop are kept
+
+    mid["online_rows"] = None  # as written with --no-save-buffer
+    no_buffer = os.path.join(run_dir, "checkpoint_no_buffer_150.pt")
+    torch.save(mid, no_buffer)
+    proc = run_script("iql_finetune.py", "--resume", no_buffer, cwd=tmp_path)
+    assert "holds no online transitions" in proc.stdout and "offline data alone" in proc.stdout
+
+
+def test_bad_inputs(iql_checkpoint, tmp_path):
+    path, _ = iql_checkpoint
+
+    def error(*args):
+        proc = run_script("iql_finetune.py", *args, cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert "was trained on 'mujoco/hopper/medium-v0', not 'D4RL/pointmaze/umaze-v2'" in error("--load-model", path,
+                                                                                                "--env-id", POINTMAZE)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint" * 10)
+    assert "cannot read checkpoint" in error("--load-model", corrupt)
+    assert "cannot read checkpoint" in error("--resume", corrupt)
+    assert "no checkpoint at" in error("--load-model", tmp_path / "missing.pt")
+    message = error("--resume", path)
+    assert "not an iql_finetune.py checkpoint" in message and "fine-tune it with --load-model" in message
+    other = tmp_path / "other.pt"
+    torch.save(dict(format="something else"), other)
+    assert "not an iql.py checkpoint" in error("--load-model", other)
+    assert "drop --offline-steps" in error("--load-model", path, "--offline-steps", 10)
+    assert "drop --load-model" in error("--load-model", path, "--resume", path)
+    assert "--online-steps must be >= 0" in error("--env-id", POINTMAZE, "--online-steps", -1)
+    assert "--expectile must be in (0, 1)" in error("--env-id", POINTMAZE, "--expectile", 1.5)
+    assert "does not fit in --buffer-size" in error("--env-id", POINTMAZE, "--buffer-size", 1000)
+    assert "unknown dataset" in error("--env-id", "pointmaze-nowhere")

@@ -26,6 +26,7 @@ Deviations from the reference:
 
 import copy
 import difflib
+import functools
 import math
 import os
 import random
@@ -139,8 +140,9 @@ ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-pl
 POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
 KITCHENS = ["complete", "partial", "mixed"]
 ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]}
-MUJOCO.update({e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]})
+MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup",
+                                                      "walker2d"]}
+MUJOCO |= {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
 D4RL_TO_MINARI = {
     **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
     **{f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)},
@@ -148,7 +150,8 @@ D4RL_TO_MINARI = {
     **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
 }
 MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
-D4RL_LOCOMOTION = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
+D4RL_LOCOMOTION = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-"
+                             r"(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
 
 
 class Batch(NamedTuple):
@@ -252,12 +255,12 @@ def implicit_log_weights(q: torch.Tensor, v: torch.Tensor, critic_loss: str, hyp
         return torch.log(torch.where(u < 0, 1.0 - hyperparam, hyperparam)) - torch.log(u.abs().clamp(min=1e-6))
     x = hyperparam * u  # Eq. (12): α |exp(α(Q − V)) − 1| / |Q − V|, in log space: exp(αu) overflows float32 for αu > 88
     log_abs_expm1 = x.clamp(min=0) + torch.log(-torch.expm1(-x.abs()))  # log|e^x − 1| for either sign of x
-    small = u.abs() < 1e-6  # the limit as u → 0 is α²
-    return torch.where(small, 2 * math.log(hyperparam), math.log(hyperparam) + log_abs_expm1 - torch.log(u.abs().clamp(min=1e-6)))
+    log_w = math.log(hyperparam) + log_abs_expm1 - torch.log(u.abs().clamp(min=1e-6))
+    return torch.where(u.abs() < 1e-6, 2 * math.log(hyperparam), log_w)  # the limit as u → 0 is α²
 
 
 def vp_beta_schedule(diffusion_steps: int) -> torch.Tensor:
-    """Variance-preserving schedule (Song et al. 2021) as the paper uses it: α_t = exp(−b_min/T − ½(b_max − b_min)(2t − 1)/T²)."""
+    """Appendix F.3's variance-preserving schedule (Song et al.): α_t = exp(−b_min/T − ½(b_max − b_min)(2t − 1)/T²)."""
     t = torch.arange(1, diffusion_steps + 1, dtype=torch.float64)
     alphas = torch.exp(-VP_BETA_MIN / diffusion_steps - 0.5 * (VP_BETA_MAX - VP_BETA_MIN) * (2 * t - 1) / diffusion_steps**2)
     return (1 - alphas).float()
@@ -396,7 +399,8 @@ def load_minari_dataset(dataset_id: str):
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). "
+        first_line = str(e).splitlines()[0][:160] if str(e) else ""
+        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {first_line}). "
              f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
              f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
              f"{os.path.join(root, dataset_id)} here.")
@@ -492,7 +496,8 @@ def check_args(args: Args, user_set: dict):
         (args.exp_clip > 0, f"--exp-clip must be > 0, got {args.exp_clip}"),
         (0 <= args.actor_dropout_rate < 1, f"--actor-dropout-rate must be in [0, 1), got {args.actor_dropout_rate}"),
         (0 < args.gamma <= 1, f"--gamma must be in (0, 1], got {args.gamma}"),
-        (0 < args.tau <= 1 and 0 < args.ema_rate <= 1, f"--tau and --ema-rate must be in (0, 1], got {args.tau}, {args.ema_rate}"),
+        (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+        (0 < args.ema_rate <= 1, f"--ema-rate must be in (0, 1], got {args.ema_rate} (paper: 0.001)"),
         (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
         (min(args.critic_steps, args.actor_steps) > 0, "--critic-steps and --actor-steps must be > 0"),
         (min(args.critic_batch_size, args.actor_batch_size, args.hidden_dim, args.actor_hidden_dim, args.actor_num_blocks) > 0,
@@ -512,7 +517,8 @@ if __name__ == "__main__":
     ckpt = load_checkpoint(args.resume or args.eval_only, device) if (args.resume or args.eval_only) else None
     import minari  # noqa: E402  (after argument parsing, so that --help and bad flags answer at once)
 
-    dataset_id = resolve_dataset_id(args.env_id or (ckpt["dataset_id"] if ckpt else DEFAULT_ENV_ID), set(minari.list_local_datasets()))
+    local_ids = set(minari.list_local_datasets())
+    dataset_id = resolve_dataset_id(args.env_id or (ckpt["dataset_id"] if ckpt else DEFAULT_ENV_ID), local_ids)
     if ckpt and dataset_id != ckpt["dataset_id"]:
         fail(f"the checkpoint was trained on '{ckpt['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that dataset")
     user_set = {k: getattr(args, k) for k in CRITIC_HYPERPARAM.values()}
@@ -559,16 +565,17 @@ if __name__ == "__main__":
                             hyperparam, generator)
 
     def run_evaluation():
-        return evaluate(policy, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device)
+        make_env = functools.partial(make_eval_env, dataset, dataset_id, domain)
+        return evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device)
 
     if args.eval_only:
         for name, module in dict(actor_ema=actor_ema, qf_target=qf_target, vf=vf).items():
             module.load_state_dict(ckpt[name])
         result = run_evaluation()
         score = score_of(result, domain, ref_scores)
-        print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | N {args.num_samples} "
-              f"{args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | success {result['successes'].mean():.2f} "
-              f"| return {result['returns'].mean():.2f}")
+        print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
+              f"N {args.num_samples} {args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | "
+              f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f}")
         raise SystemExit(0)
 
     data = load_transitions(dataset, domain, goal)
@@ -673,7 +680,7 @@ if __name__ == "__main__":
             losses = dict(vf_loss=vf_loss, qf_loss=qf_loss, actor_loss=actor_loss.item())
             current = [v for k, v in losses.items() if step <= (args.actor_steps if k == "actor_loss" else args.critic_steps)]
             if not np.isfinite(current).all():
-                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was written"
+                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
                 fail(f"non-finite loss by step {step} ({', '.join(f'{k} {v}' for k, v in losses.items())}); training stopped "
                      f"and {kept}. Lower the learning rates or check the dataset's scale.")
             now = time.perf_counter()
@@ -681,7 +688,8 @@ if __name__ == "__main__":
             sps = (step - log_step) / max(now - log_time, 1e-9)
             log_step, log_time = step, now
             scalars = {**{f"losses/{k}": v for k, v in losses.items()}, "values/q": q_mean, "values/v": v_mean,
-                       "values/advantage": adv_mean, "charts/SPS": sps, "charts/learning_rate": actor_optimizer.param_groups[0]["lr"]}
+                       "values/advantage": adv_mean,
+                       "charts/SPS": sps, "charts/learning_rate": actor_scheduler.get_last_lr()[0]}
             for name, value in scalars.items():
                 writer.add_scalar(name, value, step)
         if is_eval:

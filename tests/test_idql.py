@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import run_script
@@ -128,7 +127,8 @@ def test_sampled_actions_stay_within_bounds(idql):
     obs = torch.randn(512, 4)
     actions = idql.ddpm_sample(net, obs, idql.vp_beta_schedule(5), 3)
     assert actions.abs().max() <= 1.0 and (actions.abs() == 1.0).any()
-    chosen = idql.idql_actions(obs[:32], net, SumQ(), idql.ValueNetwork(4, 16), idql.vp_beta_schedule(5), 8, "implicit", "quantile", 0.6)
+    vf = idql.ValueNetwork(4, 16)
+    chosen = idql.idql_actions(obs[:32], net, SumQ(), vf, idql.vp_beta_schedule(5), 8, "implicit", "quantile", 0.6)
     assert chosen.shape == (32, 3) and chosen.abs().max() <= 1.0
 
 
@@ -175,7 +175,8 @@ def test_bandit_diffusion_argmax_finds_the_best_cluster_awr_gaussian_does_not(id
         loss.backward()
         opt.step()
     net.eval()
-    chosen = idql.idql_actions(torch.zeros(100, 1), net, qf, vf, betas, 64, "argmax", "expectile", 0.7, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    chosen = idql.idql_actions(torch.zeros(100, 1), net, qf, vf, betas, 64, "argmax", "expectile", 0.7, generator)
     diffusion_in_best = ((chosen - CENTRES[2]).norm(dim=1) <= RADIUS).float().mean().item()
 
     # IQL's extraction: a state-independent Gaussian fitted by AWR, weights exp(3 (Q − V)) clipped at 100
@@ -236,7 +237,8 @@ def test_smoke_pointmaze(pointmaze_run):
 
 
 def test_smoke_antmaze_quantile_implicit(minari_root, tmp_path):
-    proc = run_script("idql.py", "--env-id", "antmaze-medium-diverse-v2", "--critic-loss", "quantile", "--selection", "implicit",
+    proc = run_script("idql.py", "--env-id", "antmaze-medium-diverse-v2", "--critic-loss", "quantile",
+                      "--selection", "implicit",
                       "--critic-steps", "10", "--actor-steps", "6", "--eval-interval", "10", *TINY, cwd=tmp_path, timeout=300)
     print("\n".join(eval_lines(proc.stdout)))
     assert "quantile=0.8" in proc.stdout and "(antmaze, 600 transitions, obs 29, act 8)" in proc.stdout
@@ -277,7 +279,8 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-loss", "exponential", "--critic-steps", "20", "--actor-steps", "16",
+    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-loss", "exponential",
+             "--critic-steps", "20", "--actor-steps", "16",
              "--eval-interval", "100", "--eval-episodes", "1", *TINY[:6], "--log-interval", "5", "--checkpoint-interval", "10"]
     run_script("idql.py", *flags, cwd=straight)
     (run_dir,) = (straight / "runs").iterdir()
@@ -287,7 +290,8 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
     a = torch.load(run_dir / "checkpoint_20.pt", weights_only=True)
     b = torch.load(resumed / "checkpoint_20.pt", weights_only=True)  # written into the checkpoint's directory
     assert_same({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
-    assert not torch.equal(a["actor"]["fc_out.weight"], torch.load(resumed / "checkpoint_10.pt", weights_only=True)["actor"]["fc_out.weight"])
+    halfway = torch.load(resumed / "checkpoint_10.pt", weights_only=True)
+    assert not torch.equal(a["actor"]["fc_out.weight"], halfway["actor"]["fc_out.weight"])  # the second half did train
 
 
 def test_ctrl_c_writes_a_checkpoint(minari_root, tmp_path):
@@ -330,12 +334,13 @@ def test_d4rl_locomotion_name_points_to_minari(minari_root, tmp_path):
 
 
 def test_dataset_absent_offline(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "antmaze-large-play-v2", expect=["cannot load Minari dataset 'D4RL/antmaze/large-play-v1'",
-                                                                         "minari download"])
+    assert_fails(tmp_path, "--env-id", "antmaze-large-play-v2",
+                 expect=["cannot load Minari dataset 'D4RL/antmaze/large-play-v1'", "minari download"])
 
 
 def test_bad_hyperparameter(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", "--expectile", "1.5", expect=["--expectile must be in (0, 1)"])
+    assert_fails(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", "--expectile", "1.5",
+                 expect=["--expectile must be in (0, 1)"])
 
 
 def test_hyperparameter_of_another_critic_loss(minari_root, tmp_path):
@@ -344,7 +349,8 @@ def test_hyperparameter_of_another_critic_loss(minari_root, tmp_path):
 
 
 def test_batch_larger_than_dataset(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--actor-batch-size", "5000", expect=["exceed the dataset", "600"])
+    assert_fails(tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--actor-batch-size", "5000",
+                 expect=["exceed the dataset", "600"])
 
 
 def test_checkpoint_from_another_dataset(pointmaze_run, tmp_path):
@@ -366,7 +372,8 @@ def test_checkpoint_of_another_script(minari_root, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, tmp_path):
     # a learning rate of 1e30 puts weights at ~1e30 after one Adam step; the next forward pass overflows
     proc = run_script("idql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--critic-lr", "1e30", "--critic-steps", "50",
-                      "--actor-steps", "50", *TINY[:6], "--log-interval", "1", "--checkpoint-interval", "1", cwd=tmp_path, check=False)
+                      "--actor-steps", "50", *TINY[:6], "--log-interval", "1", "--checkpoint-interval", "1",
+                      cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "non-finite loss by step" in proc.stderr
     kept = proc.stderr.split("the last good checkpoint is ")[1].split(".pt")[0] + ".pt"
     step = int(kept.rsplit("_", 1)[1][:-3])

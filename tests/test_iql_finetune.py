@@ -6,6 +6,10 @@ import glob
 import importlib.util
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +139,18 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
     assert "online_rows" in torch.load(os.path.join(run_dir, "checkpoint_200.pt"), weights_only=True)
 
 
+def test_antmaze_online_phase_uses_the_data_env_maze_and_the_relabelled_goal(minari_root, tmp_path):
+    run_script("iql_finetune.py", "--env-id", "antmaze-umaze-v0", "--offline-steps", 50, "--online-steps", 200,
+               "--eval-interval", 1000, "--eval-episodes", 2, *TINY[:4], cwd=tmp_path)
+    ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint_250.pt"))[0], weights_only=True)
+    online = ckpt["online_rows"].numpy()  # obs (29: x, y, then the ant) | action (8) | reward | next obs (29) | mask
+    assert online.shape == (200, 68) and np.abs(online[:, 29:37]).max() <= 1
+    # umaze: Minari's eval map is mirrored (start at cell (3, 3)); the data env's own starts at cell (3, 1) = (-4, -4)
+    assert np.abs(online[0, :2] - [-4.0, -4.0]).max() <= 1.0
+    reached = np.linalg.norm(online[:, 38:40] - [-4.0, 4.0], axis=1) <= 0.5  # goal cell (1, 1), maze_size_scaling 4
+    assert np.array_equal(online[:, 37], reached - 1.0) and np.array_equal(online[:, 67], 1.0 - reached)
+
+
 @pytest.fixture(scope="module")
 def iql_checkpoint(minari_root, tmp_path_factory):
     """A checkpoint of iql.py itself (200 steps on Hopper) and the line of its final evaluation."""
@@ -178,6 +194,26 @@ def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
     torch.save(mid, no_buffer)
     proc = run_script("iql_finetune.py", "--resume", no_buffer, cwd=tmp_path)
     assert "holds no online transitions" in proc.stdout and "offline data alone" in proc.stdout
+
+
+def test_ctrl_c_in_the_online_phase_writes_a_checkpoint_with_the_buffer(minari_root, tmp_path):
+    cmd = [sys.executable, str(ROOT / "iql_finetune.py"), "--env-id", POINTMAZE, "--offline-steps", 100, "--online-steps", 10**6,
+           "--eval-interval", 10**6, *TINY]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if "offline 100/100" in line:  # the evaluation after the offline phase: the online phase starts next
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    step = int(re.search(r"interrupted at step (\d+)", out)[1])
+    ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / f"checkpoint_{step}.pt"))[0], weights_only=True)
+    assert step > 100 and ckpt["step"] == step and len(ckpt["online_rows"]) == ckpt["online_added"] == step - 100
+    assert "--resume" in out
 
 
 def test_bad_inputs(iql_checkpoint, tmp_path):

@@ -11,8 +11,15 @@ Deviations from the reference:
   Mazes are evaluated with `continuing_task=False` and scored as 100 x success rate.
 - AntMaze umaze: Minari's eval env has a mirrored map; we evaluate on the data env's own U-maze and goal.
 - PointMaze (maze2d) is not in the paper; it takes the AntMaze settings (expectile 0.9, temperature 10, r - 1).
-- Twin Q is one network with a leading axis of 2 (one batched matmul per layer for both heads): same math.
-- V(s) for the actor and V(s') for the Q target come from one forward pass of the freshly updated V.
+  Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(−distance) instead of the 0/1 success.
+- Actions are mapped from the action space's [low, high] to [−1, 1] (the reference assumes D4RL's [−1, 1]; some
+  Minari `mujoco/*` envs differ) and back at evaluation.
+- Locomotion reward scaling (r · 1000 / (max − min episode return)) applies to every `mujoco/*` dataset whose episode
+  returns differ (the reference scales D4RL's halfcheetah, hopper and walker2d).
+- Every evaluation of a run uses the same seeded start states (seed + 100000 + episode), not one continuing stream.
+
+Implementation notes (same math as the reference): the twin Q is one network with a leading axis of 2, so each layer
+is one batched matmul for both heads; V(s) for the actor and V(s') for the Q target come from one forward pass.
 """
 
 import difflib
@@ -168,16 +175,20 @@ def flat_observation(obs, domain: str) -> np.ndarray:
     return obs["observation"] if isinstance(obs, dict) else obs
 
 
-def episode_transitions(episode, domain: str, goal: Optional[np.ndarray]):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled."""
+def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
+    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled
+    (dense: reward exp(−distance), as D4RL's maze2d-*-dense). Actions are mapped from [low, high] to [−1, 1]."""
     obs = flat_observation(episode.observations, domain).astype(np.float32)
     rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
     if goal is not None:
-        reached = np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= GOAL_RADIUS
-        rewards, terminals = reached.astype(np.float32), reached
+        distance = np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1)
+        terminals = distance <= GOAL_RADIUS
+        rewards = np.exp(-distance).astype(np.float32) if dense else terminals.astype(np.float32)
     # A time-limit truncation is not a terminal: the bootstrap mask comes from terminations alone.
     masks = 1.0 - terminals.astype(np.float32)
-    actions = np.clip(np.asarray(episode.actions, np.float32), -1 + ACTION_EPS, 1 - ACTION_EPS)
+    low, high = action_scale
+    actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
+    actions = np.clip(actions, -1 + ACTION_EPS, 1 - ACTION_EPS)
     return obs[:-1], actions, rewards, obs[1:], masks
 
 
@@ -185,13 +196,13 @@ def preprocess_rewards(rewards: np.ndarray, episode_returns: np.ndarray, domain:
     """The paper's reward preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
     if domain in ("antmaze", "pointmaze"):
         return rewards - 1.0
-    if domain == "locomotion":
-        return rewards * 1000.0 / max(episode_returns.max() - episode_returns.min(), 1e-6)
+    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
+        return rewards * 1000.0 / np.ptp(episode_returns)
     return rewards
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Eq. (2): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
+    """Eq. (5): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
     return (weight * diff.square()).mean()
 
@@ -202,7 +213,7 @@ def awr_weights(advantage: torch.Tensor, temperature: float, exp_adv_max: float)
 
 
 def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. (3): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
+    """Eq. (6): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
     return rewards + gamma * masks * next_v
 
 
@@ -288,8 +299,8 @@ def make_eval_env(dataset, dataset_id: str, domain: str):
     return dataset.recover_environment(eval_env=True, **kwargs)
 
 
-def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> dict:
-    parts = [episode_transitions(ep, domain, goal) for ep in dataset.iterate_episodes()]
+def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> dict:
+    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
     obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
     episode_returns = np.array([p[2].sum() for p in parts])
     rewards = preprocess_rewards(rewards, episode_returns, domain)
@@ -298,41 +309,6 @@ def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> dict:
         if not np.isfinite(v).all():
             fail(f"the dataset's {k} contain NaN or inf; repair or re-download the dataset")
     return data
-
-
-@torch.no_grad()
-def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, n_envs: int = 25) -> dict:
-    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side."""
-    actor.eval()
-    envs = [make_env() for _ in range(min(n_envs, n_episodes))]
-    returns, successes = [], []
-    for first in range(0, n_episodes, len(envs)):
-        batch = envs[: n_episodes - first]
-        obs = [flat_observation(env.reset(seed=seed + first + i)[0], domain) for i, env in enumerate(batch)]
-        ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
-        while alive.any():
-            live = np.flatnonzero(alive)
-            mean, _ = actor(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device))
-            for i, action in zip(live, mean.clamp(-1, 1).cpu().numpy()):
-                o, r, terminated, truncated, info = batch[i].step(action)
-                obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
-                success[i] |= bool(info.get("success", False))
-                alive[i] = not (terminated or truncated)
-        returns += ret.tolist()
-        successes += success.tolist()
-    for env in envs:
-        env.close()
-    actor.train()
-    return dict(returns=np.array(returns), successes=np.array(successes))
-
-
-def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
-    """The paper's normalised score ×100: success rate for mazes, (return − ref_min)/(ref_max − ref_min) elsewhere."""
-    if domain in ("antmaze", "pointmaze"):
-        return 100.0 * result["successes"].mean()
-    if None in ref_scores:
-        return None
-    return 100.0 * (result["returns"].mean() - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
 
 
 def load_checkpoint(path: str, device) -> dict:
@@ -372,6 +348,43 @@ def check_args(args: Args):
             fail(message)
 
 
+@torch.no_grad()
+def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, action_scale, n_envs: int = 25) -> dict:
+    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side. The same seeds
+    every time: every evaluation of a run starts from the same states, so successive scores differ by the policy only."""
+    low, high = action_scale
+    actor.eval()
+    envs = [make_env() for _ in range(min(n_envs, n_episodes))]
+    returns, successes = [], []
+    for first in range(0, n_episodes, len(envs)):
+        batch = envs[: n_episodes - first]
+        obs = [flat_observation(env.reset(seed=seed + first + i)[0], domain) for i, env in enumerate(batch)]
+        ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
+        while alive.any():
+            live = np.flatnonzero(alive)
+            mean, _ = actor(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device))
+            for i, action in zip(live, low + (mean.clamp(-1, 1).cpu().numpy() + 1.0) * (high - low) / 2.0):
+                o, r, terminated, truncated, info = batch[i].step(action)
+                obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
+                success[i] |= bool(info.get("success", False))
+                alive[i] = not (terminated or truncated)
+        returns += ret.tolist()
+        successes += success.tolist()
+    for env in envs:
+        env.close()
+    actor.train()
+    return dict(returns=np.array(returns), successes=np.array(successes))
+
+
+def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
+    """The paper's normalised score ×100: success rate for mazes, (return − ref_min)/(ref_max − ref_min) elsewhere."""
+    if domain in ("antmaze", "pointmaze"):
+        return 100.0 * result["successes"].mean()
+    if None in ref_scores:
+        return None
+    return 100.0 * (result["returns"].mean() - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -391,8 +404,7 @@ if __name__ == "__main__":
                  f"start a new run instead, or change only {', '.join('--' + k.replace('_', '-') for k in RUN_CONTROL)}")
     elif args.eval_only:
         saved = Args(**ckpt["args"])
-        args = replace(saved, eval_only=args.eval_only, cuda=args.cuda, seed=args.seed,
-                       eval_episodes=args.eval_episodes or saved.eval_episodes)
+        args = tyro.cli(Args, default=replace(saved, eval_only=args.eval_only, env_id=saved.env_id))
     domain = domain_of(dataset_id)
     args = replace(args, env_id=dataset_id, **{k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None})
     check_args(args)
@@ -414,20 +426,22 @@ if __name__ == "__main__":
     ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
     obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
     act_dim = eval_env.action_space.shape[0]
+    action_scale = (eval_env.action_space.low.astype(np.float32), eval_env.action_space.high.astype(np.float32))
     eval_env.close()
 
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout_rate).to(device)
     eval_seed = args.seed + 100_000
     if args.eval_only:
         actor.load_state_dict(ckpt["actor"])
-        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device)
+        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device,
+                          action_scale)
         score = score_of(result, domain, ref_scores)
         print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
               f"score {'n/a' if score is None else f'{score:.1f}'} | success {result['successes'].mean():.2f} | "
               f"return {result['returns'].mean():.2f}")
         raise SystemExit(0)
 
-    data = load_transitions(dataset, domain, goal)
+    data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
     n_transitions = len(data["rewards"])
     if args.batch_size > n_transitions:
         fail(f"--batch-size {args.batch_size} is larger than the dataset ({n_transitions} transitions); lower it")
@@ -437,16 +451,15 @@ if __name__ == "__main__":
     qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
     qf_target.load_state_dict(qf.state_dict())
     qf_target.requires_grad_(False)
-    fused = dict(fused=True) if device.type in ("cuda", "cpu") else {}
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused)
-    qf_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, **fused)
-    vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, **fused)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)  # fused: one kernel per step
+    qf_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, fused=True)
+    vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, fused=True)
     actor_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optimizer, T_max=args.total_steps)
     modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
                    qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer, actor_scheduler=actor_scheduler)
 
     # TRY NOT TO MODIFY: run directory, resume, logging
-    start_step = 0
+    start_step, last_good_checkpoint = 0, args.resume
     if args.resume:
         for name, module in modules.items():
             module.load_state_dict(ckpt[name])
@@ -475,7 +488,7 @@ if __name__ == "__main__":
         return path
 
     def update(b: Batch) -> torch.Tensor:
-        # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (2)
+        # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (5)
         with torch.no_grad():
             target_q = qf_target(b.observations, b.actions).min(0).values
         v = vf(b.observations)
@@ -498,25 +511,24 @@ if __name__ == "__main__":
         actor_loss.backward()
         actor_optimizer.step()
 
-        # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (3); 4. Polyak update of the target
+        # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (6); 4. Polyak update of the target
         q = qf(b.observations, b.actions)
         qf_loss = (q - target).square().mean(1).sum()
         qf_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         qf_optimizer.step()
-        torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+        with torch.no_grad():
+            for param_target, param in zip(qf_target.parameters(), qf.parameters()):
+                param_target.lerp_(param, args.tau)
         return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean()]).detach()
 
     update_step = torch.compile(update) if args.compile else update
     stop_requested = []
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, then checkpoint and exit
 
-    last_good_checkpoint, step = None, start_step
+    step = start_step
     train_time, log_time, log_step = 0.0, time.perf_counter(), start_step
     for step in range(start_step + 1, args.total_steps + 1):
-        if stop_requested:
-            step -= 1
-            break
         idx = torch.randint(n_transitions, (args.batch_size,), device=device)
         metrics = update_step(Batch(*(x[idx] for x in data)))
         actor_scheduler.step()
@@ -538,7 +550,8 @@ if __name__ == "__main__":
                                 ("charts/SPS", sps), ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"])]:
                 writer.add_scalar(name, value, step)
         if is_eval:
-            result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device)
+            result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device,
+                          action_scale)
             score = score_of(result, domain, ref_scores)
             writer.add_scalar("eval/return", result["returns"].mean(), step)
             writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
@@ -552,6 +565,8 @@ if __name__ == "__main__":
             log_time = time.perf_counter()  # evaluation time is not training time
         if is_ckpt or (args.save_model and step == args.total_steps):
             last_good_checkpoint = checkpoint(step)
+        if stop_requested:
+            break
 
     if stop_requested and args.save_model:
         path = checkpoint(step)

@@ -18,8 +18,8 @@ Deviations from the reference:
 - PointMaze (maze2d) is not in the paper; it takes the AntMaze settings. AntMaze umaze uses the data env's own maze.
 - `--load-model` starts from an iql.py checkpoint (the reference has no such entry point); its Adam moments are
   kept and every learning rate is reset to its flag's constant value (iql.py's actor rate has decayed to ~0).
-- The environment is stepped one at a time: an env step costs ~50 us (PointMaze) against ~2-4 ms per update on
-  CPU, so a vector env would not change the throughput of a one-update-per-step loop.
+- One environment, no vector env: acting costs ~0.8 ms a step (PointMaze, CPU) against ~10 ms per update, so
+  stepping several envs at once would not speed up a loop that makes one update per env step.
 - Checkpoints of the online phase hold the online transitions still in the buffer (the offline part is rebuilt
   from the dataset), so a resumed run has the same buffer; the episode in progress is not continued.
 """
@@ -54,7 +54,7 @@ class Args:
     compile: bool = False
     """torch.compile the update step (a minute of compiling first; pays off on long runs)"""
     env_id: Optional[str] = None
-    """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; with --resume/--load-model: the checkpoint's)"""
+    """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; --resume/--load-model: the checkpoint's)"""
     relabel: bool = True
     """mazes: relabel offline and online rewards and terminals against the eval goal as D4RL did"""
     offline_steps: Optional[int] = None
@@ -84,7 +84,7 @@ class Args:
     value_lr: float = 3e-4
     """V learning rate"""
     hidden_dim: int = 256
-    """width of the two hidden layers of every network (with --load-model: must match the checkpoint's)"""
+    """width of the two hidden layers of every network (with --load-model: the checkpoint's)"""
     eval_interval: Optional[int] = None
     """evaluate every this many steps, and always after the offline phase (per-domain default: mazes 100000, others 5000)"""
     eval_episodes: Optional[int] = None
@@ -128,8 +128,9 @@ ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-pl
 POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
 KITCHENS = ["complete", "partial", "mixed"]
 ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]}
-MUJOCO.update({e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]})
+MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup",
+                                                       "walker2d"]}
+MUJOCO |= {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
 D4RL_TO_MINARI = {
     **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
     **{f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)},
@@ -137,7 +138,8 @@ D4RL_TO_MINARI = {
     **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
 }
 MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
-D4RL_LOCOMOTION = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
+D4RL_LOCOMOTION = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
 
 
 class Batch(NamedTuple):
@@ -250,7 +252,8 @@ class ReplayBuffer:
 
     def add(self, observations, actions, rewards, next_observations, masks, online: bool = True):
         parts = [observations, actions, rewards, next_observations, masks]
-        self.add_rows(torch.as_tensor(np.concatenate([np.asarray(p, np.float32).reshape(len(rewards), -1) for p in parts], 1)), online)
+        parts = [np.asarray(p, np.float32).reshape(len(rewards), -1) for p in parts]
+        self.add_rows(torch.as_tensor(np.concatenate(parts, 1)), online)
 
     def add_rows(self, rows: torch.Tensor, online: bool = True):
         if len(rows) > self.capacity:
@@ -330,7 +333,8 @@ def load_minari_dataset(dataset_id: str):
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). "
+        reason = str(e).splitlines()[0][:160] if str(e) else ""
+        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
              f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
              f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
              f"{os.path.join(root, dataset_id)} here.")
@@ -423,7 +427,7 @@ def save_checkpoint(path: str, state: dict):
 
 def check_args(args: Args):
     checks = [
-        (0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile} (0.5 is plain regression; paper: 0.7, 0.9)"),
+        (0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile} (paper: 0.7, 0.9)"),
         (args.temperature > 0, f"--temperature must be > 0, got {args.temperature} (paper: 0.5 to 10)"),
         (0 <= args.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {args.dropout_rate}"),
         (0 < args.gamma <= 1, f"--gamma must be in (0, 1], got {args.gamma}"),
@@ -432,7 +436,7 @@ def check_args(args: Args):
         (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
         (args.offline_steps >= 0 and args.online_steps >= 0, "--offline-steps and --online-steps must be >= 0"),
         (args.offline_steps + args.online_steps > 0, "--offline-steps and --online-steps are both 0: nothing to do"),
-        (min(args.buffer_size, args.batch_size, args.hidden_dim) > 0, "--buffer-size, --batch-size and --hidden-dim must be > 0"),
+        (min(args.buffer_size, args.batch_size, args.hidden_dim) > 0, "--buffer-size, --batch-size, --hidden-dim must be > 0"),
         (min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
          "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0"),
     ]
@@ -453,15 +457,14 @@ if __name__ == "__main__":
     import minari  # noqa: E402  (after argument parsing, so that --help and bad flags answer at once)
 
     source, source_path = (ckpt, args.resume) if ckpt else (pretrained, args.load_model)
-    dataset_id = resolve_dataset_id(args.env_id or (source["dataset_id"] if source else DEFAULT_ENV_ID), set(minari.list_local_datasets()))
+    dataset_id = args.env_id or (source["dataset_id"] if source else DEFAULT_ENV_ID)
+    dataset_id = resolve_dataset_id(dataset_id, set(minari.list_local_datasets()))
     if source and dataset_id != source["dataset_id"]:
-        fail(f"'{source_path}' was trained on '{source['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that dataset")
+        fail(f"'{source_path}' was trained on '{source['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that one")
     if args.resume:  # the same run goes on: its hyperparameters, not today's defaults
         args = replace(Args(**ckpt["args"]), resume=args.resume, cuda=args.cuda)
     elif pretrained:
         saved = pretrained["args"]
-        if args.hidden_dim != saved["hidden_dim"] and args.hidden_dim != Args.hidden_dim:
-            fail(f"--hidden-dim {args.hidden_dim} does not match the checkpoint's networks ({saved['hidden_dim']}); drop it")
         if args.relabel != saved.get("relabel", True):
             fail(f"the checkpoint was trained with relabel={saved.get('relabel')}, this run has relabel={args.relabel}: "
                  f"its Q and V would mean another reward; use the same --relabel/--no-relabel")
@@ -516,9 +519,8 @@ if __name__ == "__main__":
     vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, **fused)
     modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
                    qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
-    for name, module in modules.items():
-        if source:
-            module.load_state_dict(source[name])
+    for name, module in modules.items() if source else []:
+        module.load_state_dict(source[name])
     # ALGO LOGIC: constant learning rates while fine-tuning (iql.py's actor rate has been cosine-decayed to ~0)
     for optimizer, lr in [(actor_optimizer, args.actor_lr), (qf_optimizer, args.critic_lr), (vf_optimizer, args.value_lr)]:
         for group in optimizer.param_groups:
@@ -602,7 +604,8 @@ if __name__ == "__main__":
 
     def report(step: int, speeds: str):
         """Evaluate, log to tensorboard and print the terminal line."""
-        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device)
+        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain,
+                          device)
         score = score_of(result, domain, ref_scores)
         writer.add_scalar("eval/return", result["returns"].mean(), step)
         writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
@@ -668,7 +671,7 @@ if __name__ == "__main__":
         if step % args.log_interval == 0 or is_eval or is_ckpt:
             vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
             if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
-                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was written"
+                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
                 fail(f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
                      f"{kept}. Lower the learning rates or check the dataset's scale.")
             now = time.perf_counter()
@@ -680,8 +683,7 @@ if __name__ == "__main__":
             for name, value in [("losses/vf_loss", vf_loss), ("losses/actor_loss", actor_loss), ("losses/qf_loss", qf_loss),
                                 ("values/q", q_mean), ("values/v", v_mean), ("values/advantage", adv_mean),
                                 ("charts/SPS", updates_per_s), ("charts/updates_per_s", updates_per_s),
-                                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"]),
-                                ("charts/buffer_online_fraction", min(buffer.online_added, buffer.size) / buffer.size)]:
+                                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"])]:
                 writer.add_scalar(name, value, step)
             if step > args.offline_steps:
                 writer.add_scalar("charts/env_steps_per_s", env_steps_per_s, step)
@@ -697,7 +699,7 @@ if __name__ == "__main__":
         env.close()
     if stop_requested and args.save_model:
         path = checkpoint(step)
-        print(f"interrupted at step {step}; checkpoint written to {path}; continue with: python iql_finetune.py --resume {path}")
+        print(f"interrupted at step {step}; checkpoint written to {path}; continue: python iql_finetune.py --resume {path}")
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()

@@ -47,8 +47,8 @@ def only_run_dir(cwd):
 
 def eval_lines(stdout):
     """(step, success, return) of each evaluation line."""
-    return [(int(m[1]), float(m[2]), float(m[3])) for m in re.finditer(r"^step +(\d+)/\d+ .*?success ([\d.]+) \| return +(-?[\d.]+)",
-                                                                         stdout, re.M)]
+    pattern = r"^step +(\d+)/\d+ .*?success ([\d.]+) \| return +(-?[\d.]+)"
+    return [(int(m[1]), float(m[2]), float(m[3])) for m in re.finditer(pattern, stdout, re.M)]
 
 
 # --- functions ---------------------------------------------------------------------------------------------------------
@@ -65,7 +65,8 @@ def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
     assert buffer.size == 6 and buffer.online_added == 0 and len(buffer.online_rows()) == 0
     drawn = buffer.sample(1000)
     assert set(drawn.rewards.tolist()) == set(range(6))  # only the offline rows, all of them
-    assert torch.equal(drawn.observations[:, 0], drawn.rewards) and torch.equal(drawn.next_observations[:, 1], drawn.rewards + 0.5)
+    assert torch.equal(drawn.observations[:, 0], drawn.rewards)
+    assert torch.equal(drawn.next_observations[:, 1], drawn.rewards + 0.5)
 
     buffer.add(*rows([100, 101, 102]))  # fits: nothing evicted yet
     assert buffer.size == 9 and sorted(buffer.batch(torch.arange(9)).rewards.tolist()) == [0, 1, 2, 3, 4, 5, 100, 101, 102]
@@ -123,8 +124,8 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
     assert [s for s, _, _ in eval_lines(proc.stdout)] == [200, 300, 400, 600]  # after the offline phase, then on interval
     assert re.search(r"online 300/300 .*updates/s .*env steps/s", proc.stdout)
     run_dir = only_run_dir(tmp_path)
-    for tag in ["eval/success_rate", "eval/normalized_score", "losses/qf_loss", "charts/updates_per_s", "charts/env_steps_per_s",
-                "charts/episodic_return", "charts/episodic_success"]:
+    for tag in ["eval/success_rate", "eval/normalized_score", "losses/qf_loss", "charts/updates_per_s",
+                "charts/env_steps_per_s", "charts/episodic_return", "charts/episodic_success"]:
         assert scalars(run_dir, tag), tag
     rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
     assert len(rates) == 6 and all(v == pytest.approx(3e-4) for v in rates)  # no decay in either phase
@@ -163,7 +164,8 @@ def iql_checkpoint(minari_root, tmp_path_factory):
 
 def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     path, (_, _, iql_return) = iql_checkpoint
-    proc = run_script("iql_finetune.py", "--load-model", path, "--online-steps", 200, "--eval-interval", 100, *TINY, cwd=tmp_path)
+    proc = run_script("iql_finetune.py", "--load-model", path, "--online-steps", 200, "--eval-interval", 100, *TINY,
+                      cwd=tmp_path)
     assert "offline phase is skipped" in proc.stdout and "0 offline + 200 online steps" in proc.stdout
     evals = eval_lines(proc.stdout)
     assert [s for s, _, _ in evals] == [0, 100, 200]
@@ -197,8 +199,8 @@ def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
 
 
 def test_ctrl_c_in_the_online_phase_writes_a_checkpoint_with_the_buffer(minari_root, tmp_path):
-    cmd = [sys.executable, str(ROOT / "iql_finetune.py"), "--env-id", POINTMAZE, "--offline-steps", 100, "--online-steps", 10**6,
-           "--eval-interval", 10**6, *TINY]
+    cmd = [sys.executable, str(ROOT / "iql_finetune.py"), "--env-id", POINTMAZE, "--offline-steps", 100,
+           "--online-steps", 10**6, "--eval-interval", 10**6, *TINY]
     proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:

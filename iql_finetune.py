@@ -256,6 +256,8 @@ class ReplayBuffer:
         self.add_rows(torch.as_tensor(np.concatenate(parts, 1)), online)
 
     def add_rows(self, rows: torch.Tensor, online: bool = True):
+        if len(rows) == 0:
+            return
         if len(rows) > self.capacity:
             raise ValueError(f"{len(rows)} transitions do not fit in a buffer of {self.capacity}")
         idx = (self.ptr + torch.arange(len(rows))) % self.capacity

@@ -78,6 +78,8 @@ def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
     buffer.add(*rows(range(107, 112)))
     assert sorted(buffer.batch(torch.arange(10)).rewards.tolist()) == list(range(102, 112))  # then the oldest online ones
     assert buffer.online_added == 12 and buffer.online_rows()[:, 3].tolist() == list(range(102, 112))
+    buffer.add_rows(torch.zeros(0, 7))  # e.g. a checkpoint with no online rows yet
+    assert buffer.size == 10 and buffer.online_added == 12
     with pytest.raises(ValueError):
         buffer.add(*rows(range(11)))
 

@@ -14,12 +14,15 @@ Deviations from the reference:
   function as the offline data (reward = terminal = 1 within 0.5 of the goal cell's centre), then r - 1. An episode
   that the env ends by its own success test (noisy goal, radius 0.45) without reaching the relabelled goal counts
   as a truncation: it bootstraps.
-- Locomotion rewards are scaled online by the same factor as the dataset's (1000 / (max - min episode return)).
+- Locomotion rewards are scaled online by the same factor as the dataset's (1000 / (max - min episode return));
+  the reference scales the dataset's only, so its online rewards live on another scale.
 - PointMaze (maze2d) is not in the paper; it takes the AntMaze settings. AntMaze umaze uses the data env's own maze.
 - `--load-model` starts from an iql.py checkpoint (the reference has no such entry point); its Adam moments are
   kept and every learning rate is reset to its flag's constant value (iql.py's actor rate has decayed to ~0).
 - One environment, no vector env: acting costs ~0.8 ms a step (PointMaze, CPU) against ~10 ms per update, so
   stepping several envs at once would not speed up a loop that makes one update per env step.
+- Steps count offline updates, then online env steps after them (the reference numbers pretraining steps below 0);
+  evaluation envs are separate from the training env, so an evaluation never cuts a training episode.
 - Checkpoints of the online phase hold the online transitions still in the buffer (the offline part is rebuilt
   from the dataset), so a resumed run has the same buffer; the episode in progress is not continued.
 """

@@ -78,6 +78,11 @@ def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
     buffer.add(*rows(range(107, 112)))
     assert sorted(buffer.batch(torch.arange(10)).rewards.tolist()) == list(range(102, 112))  # then the oldest online ones
     assert buffer.online_added == 12 and buffer.online_rows()[:, 3].tolist() == list(range(102, 112))
+    restored = ft.ReplayBuffer(10, obs_dim=2, act_dim=1, device="cpu")  # as --resume rebuilds it: dataset, then saved rows
+    restored.add(*rows(range(6)), online=False)
+    restored.add_rows(buffer.online_rows())
+    restored.add(*rows([112]))
+    assert sorted(restored.batch(torch.arange(10)).rewards.tolist()) == list(range(103, 113))  # same FIFO order as before
     buffer.add_rows(torch.zeros(0, 7))  # e.g. a checkpoint with no online rows yet
     assert buffer.size == 10 and buffer.online_added == 12
     with pytest.raises(ValueError):

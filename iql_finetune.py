@@ -101,7 +101,8 @@ class Args:
     checkpoint_interval: int = 100_000
     """write a checkpoint every this many steps (offline and online steps count alike)"""
     load_model: Optional[str] = None
-    """path of an iql.py checkpoint to fine-tune online (skips the offline phase)"""
+    """path of an iql.py checkpoint to fine-tune online (skips the offline phase; unset expectile, temperature and
+    dropout are taken from it)"""
     resume: Optional[str] = None
     """path of an iql_finetune.py checkpoint to continue its run from (same hyperparameters, same run directory)"""
     runs_dir: str = "runs"
@@ -473,7 +474,8 @@ if __name__ == "__main__":
         if args.relabel != saved.get("relabel", True):
             fail(f"the checkpoint was trained with relabel={saved.get('relabel')}, this run has relabel={args.relabel}: "
                  f"its Q and V would mean another reward; use the same --relabel/--no-relabel")
-        args = replace(args, offline_steps=0, hidden_dim=saved["hidden_dim"])
+        inherited = {k: saved[k] for k in ("expectile", "temperature", "dropout_rate") if getattr(args, k) is None}
+        args = replace(args, offline_steps=0, hidden_dim=saved["hidden_dim"], **inherited)  # unset: as pre-trained
     elif args.offline_steps is None:
         args = replace(args, offline_steps=DEFAULT_OFFLINE_STEPS)
     domain = domain_of(dataset_id)

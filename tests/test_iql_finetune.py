@@ -161,10 +161,10 @@ def test_antmaze_online_phase_uses_the_data_env_maze_and_the_relabelled_goal(min
 
 @pytest.fixture(scope="module")
 def iql_checkpoint(minari_root, tmp_path_factory):
-    """A checkpoint of iql.py itself (200 steps on Hopper) and the line of its final evaluation."""
+    """A checkpoint of iql.py itself (200 steps on Hopper, expectile 0.8) and its final evaluation."""
     cwd = tmp_path_factory.mktemp("iql")
     proc = run_script("iql.py", "--env-id", HOPPER, "--total-steps", 200, "--eval-interval", 200, "--checkpoint-interval", 200,
-                      *TINY, cwd=cwd)
+                      "--expectile", 0.8, *TINY, cwd=cwd)
     (path,) = glob.glob(str(cwd / "runs" / "*" / "checkpoint_200.pt"))
     return path, eval_lines(proc.stdout)[-1]
 
@@ -182,6 +182,7 @@ def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     assert rates and all(v == pytest.approx(3e-4) for v in rates)  # not iql.py's rate, cosine-decayed to 0 at its last step
     ckpt = torch.load(os.path.join(run_dir, "checkpoint_200.pt"), weights_only=True)
     assert ckpt["dataset_id"] == HOPPER and ckpt["args"]["offline_steps"] == 0 and ckpt["args"]["load_model"] == path
+    assert (ckpt["args"]["expectile"], ckpt["args"]["temperature"]) == (0.8, 3.0)  # the pre-training's, and the default
     masks = ckpt["online_rows"][:, -1]  # Hopper's time limit is 1000 steps: every episode ended in 200 steps is a fall
     assert ckpt["episodes"] >= 1 and (masks == 0).sum() == ckpt["episodes"] and set(masks.tolist()) == {0.0, 1.0}
 

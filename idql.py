@@ -299,6 +299,13 @@ def select_actions(actions: torch.Tensor, q: torch.Tensor, log_w: torch.Tensor, 
     return actions[torch.arange(len(actions), device=actions.device), idx]
 
 
+@torch.no_grad()
+def soft_update_(target: nn.Module, source: nn.Module, rate: float):
+    """target ← (1 − rate) · target + rate · source, outside autograd (else each step links the target into a growing graph)."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.lerp_(p, rate)
+
+
 def orthogonal_(weight: torch.Tensor, bias: torch.Tensor):
     nn.init.orthogonal_(weight, gain=np.sqrt(2))
     nn.init.zeros_(bias)
@@ -640,7 +647,7 @@ if __name__ == "__main__":
         qf_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         qf_optimizer.step()
-        torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+        soft_update_(qf_target, qf, args.tau)
         return torch.stack([vf_loss, qf_loss, q.mean(), v.mean(), (target_q - v).mean()]).detach()
 
     def actor_update(b: Batch) -> torch.Tensor:
@@ -652,7 +659,7 @@ if __name__ == "__main__":
         actor_loss.backward()
         actor_optimizer.step()
         actor_scheduler.step()
-        torch._foreach_lerp_(list(actor_ema.parameters()), list(actor.parameters()), args.ema_rate)
+        soft_update_(actor_ema, actor, args.ema_rate)
         return actor_loss.detach()
 
     stop_requested = []

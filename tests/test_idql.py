@@ -1,6 +1,7 @@
 """Tests for idql.py: hand-checked pieces via importlib, subprocess runs on the local test datasets (conftest.py), resume
 equality, one test per bad input, and the paper's Figure 1 claim on a 2-D bandit."""
 
+import copy
 import importlib.util
 import math
 import os
@@ -130,6 +131,24 @@ def test_sampled_actions_stay_within_bounds(idql):
     vf = idql.ValueNetwork(4, 16)
     chosen = idql.idql_actions(obs[:32], net, SumQ(), vf, idql.vp_beta_schedule(5), 8, "implicit", "quantile", 0.6)
     assert chosen.shape == (32, 3) and chosen.abs().max() <= 1.0
+
+
+def test_target_and_ema_updates_stay_outside_autograd(idql):
+    """The Polyak (target Q) and EMA (score network) updates: exact lerp, and no graph: with autograd recording the
+    update, every step linked the copies into a graph that grew without bound (and left them requiring grad)."""
+    torch.manual_seed(0)
+    for source in (idql.TwinQNetwork(3, 2, 16), idql.ScoreNetwork(3, 2, 16, 1, 0.0)):
+        target = copy.deepcopy(source).requires_grad_(False)
+        with torch.no_grad():
+            for p in source.parameters():
+                p.add_(1.0)
+        before = [p.clone() for p in target.parameters()]
+        for _ in range(3):
+            idql.soft_update_(target, source, 0.1)
+        for p_t, p, b in zip(target.parameters(), source.parameters(), before):
+            assert not p_t.requires_grad and p_t.grad_fn is None
+            assert torch.allclose(p_t, b + (1 - 0.9**3) * (p - b), atol=1e-6)
+    assert "_foreach_lerp_" not in SCRIPT.read_text() and SCRIPT.read_text().count("soft_update_(") == 3
 
 
 # ---------------------------------------------------------------- Figure 1: a 2-D bandit with three reward clusters

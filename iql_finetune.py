@@ -240,6 +240,13 @@ def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, 
     return rewards + gamma * masks * next_v
 
 
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float):
+    """target ← (1 − τ) target + τ source, outside autograd (else every step links the target into one growing graph)."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.lerp_(p, tau)
+
+
 def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log N(a; mean, exp(log_std)²) summed over action dimensions (no tanh squashing, as in the reference)."""
     return (-0.5 * ((actions - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
@@ -606,7 +613,7 @@ if __name__ == "__main__":
         qf_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         qf_optimizer.step()
-        torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+        polyak_update(qf_target, qf, args.tau)
         return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean()]).detach()
 
     def report(step: int, speeds: str):

@@ -119,6 +119,17 @@ def test_offline_relabelling_and_reward_shift_match_the_online_ones():
     assert ft.reward_scale_shift(np.array([100.0, 600.0]), "adroit") == (1.0, 0.0)
 
 
+def test_polyak_update_stays_outside_autograd():
+    qf, target = ft.TwinQNetwork(3, 2, 8), ft.TwinQNetwork(3, 2, 8)
+    target.requires_grad_(False)
+    before = [p.clone() for p in target.parameters()]
+    for _ in range(3):  # the script's update calls it with autograd on, right after the Q step
+        ft.polyak_update(target, qf, 0.5)
+    for p_t, p, p0 in zip(target.parameters(), qf.parameters(), before):
+        assert not p_t.requires_grad and p_t.grad_fn is None and p_t.is_leaf  # no graph links step to step
+        assert torch.allclose(p_t, p + (p0 - p) * 0.125)
+
+
 # --- the script ---------------------------------------------------------------------------------------------------------
 
 TINY = ["--batch-size", "64", "--hidden-dim", "64", "--eval-episodes", "5"]

@@ -13,10 +13,15 @@ Deviations from the reference:
   the eval env made episodic (`continuing_task=False`); online rewards and terminals come from the same relabelling
   function as the offline data (reward = terminal = 1 within 0.5 of the goal cell's centre), then r - 1. An episode
   that the env ends by its own success test (noisy goal, radius 0.45) without reaching the relabelled goal counts
-  as a truncation: it bootstraps.
-- Locomotion rewards are scaled online by the same factor as the dataset's (1000 / (max - min episode return));
-  the reference scales the dataset's only, so its online rewards live on another scale.
+  as a truncation: it bootstraps. Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(-distance)
+  instead of the 0/1 success, offline and online alike (the terminal is still distance <= 0.5).
+- Actions are mapped from the action space's [low, high] to [-1, 1] (the reference assumes D4RL's [-1, 1]; some
+  Minari `mujoco/*` envs differ): in the data, in the buffer's online transitions, and back when acting in the env.
+- Locomotion reward scaling (r · 1000 / (max - min episode return)) applies to every `mujoco/*` dataset whose episode
+  returns differ, and online rewards get the same factor; the reference scales D4RL's halfcheetah, hopper and walker2d
+  datasets only, so its online rewards live on another scale.
 - PointMaze (maze2d) is not in the paper; it takes the AntMaze settings. AntMaze umaze uses the data env's own maze.
+- Every evaluation of a run uses the same seeded start states (seed + 100000 + episode), not one continuing stream.
 - `--load-model` starts from an iql.py checkpoint (the reference has no such entry point); its Adam moments are
   kept and every learning rate is reset to its flag's constant value (iql.py's actor rate has decayed to ~0).
 - One environment, no vector env: acting costs ~0.8 ms a step (PointMaze, CPU) against ~10 ms per update, so
@@ -190,9 +195,18 @@ def flat_observation(obs, domain: str) -> np.ndarray:
     return obs["observation"] if isinstance(obs, dict) else obs
 
 
-def goal_reached(achieved_goal: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """The relabelled reward and terminal of both phases: within GOAL_RADIUS of the eval goal cell's centre."""
-    return np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1) <= GOAL_RADIUS
+def relabel(achieved_goal: np.ndarray, goal: np.ndarray, dense: bool) -> tuple:
+    """(reward, terminal) of both phases: terminal within GOAL_RADIUS of the eval goal cell's centre; reward 1 there and
+    0 elsewhere, or exp(−distance) for dense datasets (as D4RL's maze2d-*-dense)."""
+    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
+    reached = distance <= GOAL_RADIUS
+    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
+
+
+def env_action(action: np.ndarray, action_scale) -> np.ndarray:
+    """An action of the networks' [−1, 1] mapped to the env's [low, high] (episode_transitions maps the other way)."""
+    low, high = action_scale
+    return low + (action + 1.0) * (high - low) / 2.0
 
 
 def online_flags(terminated: bool, truncated: bool, reached: Optional[bool]) -> tuple:
@@ -207,25 +221,27 @@ def reward_scale_shift(episode_returns: np.ndarray, domain: str) -> tuple:
     mazes r − 1; locomotion r · 1000 / (max − min episode return); otherwise none."""
     if domain in ("antmaze", "pointmaze"):
         return 1.0, -1.0
-    if domain == "locomotion":
-        return 1000.0 / max(float(episode_returns.max() - episode_returns.min()), 1e-6), 0.0
+    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
+        return 1000.0 / float(np.ptp(episode_returns)), 0.0
     return 1.0, 0.0
 
 
-def episode_transitions(episode, domain: str, goal: Optional[np.ndarray]):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled."""
+def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
+    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled.
+    Actions are mapped from the env's [low, high] to [−1, 1]."""
     obs = flat_observation(episode.observations, domain).astype(np.float32)
     rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
     if goal is not None:
-        reached = goal_reached(episode.observations["achieved_goal"][1:], goal)
-        rewards, terminals = reached.astype(np.float32), reached
+        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
     masks = 1.0 - terminals.astype(np.float32)  # a time-limit truncation is not a terminal
-    actions = np.clip(np.asarray(episode.actions, np.float32), -1 + ACTION_EPS, 1 - ACTION_EPS)
+    low, high = action_scale
+    actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
+    actions = np.clip(actions, -1 + ACTION_EPS, 1 - ACTION_EPS).astype(np.float32)
     return obs[:-1], actions, rewards, obs[1:], masks
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Eq. (2): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
+    """Eq. (5): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
     return (weight * diff.square()).mean()
 
@@ -236,7 +252,7 @@ def awr_weights(advantage: torch.Tensor, temperature: float, exp_adv_max: float)
 
 
 def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. (3): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
+    """Eq. (6): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
     return rewards + gamma * masks * next_v
 
 
@@ -367,9 +383,9 @@ def make_eval_env(dataset, dataset_id: str, domain: str):
     return dataset.recover_environment(eval_env=True, **kwargs)
 
 
-def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> tuple:
+def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> tuple:
     """The whole dataset as arrays (rewards preprocessed) and the (scale, shift) that online rewards get too."""
-    parts = [episode_transitions(ep, domain, goal) for ep in dataset.iterate_episodes()]
+    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
     obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
     scale, shift = reward_scale_shift(np.array([p[2].sum() for p in parts]), domain)
     data = dict(observations=obs, actions=actions, rewards=rewards * scale + shift, next_observations=next_obs, masks=masks)
@@ -380,8 +396,9 @@ def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> tuple:
 
 
 @torch.no_grad()
-def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, n_envs: int = 25) -> dict:
-    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side."""
+def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, action_scale, n_envs: int = 25) -> dict:
+    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side. The same seeds
+    every time: every evaluation of a run starts from the same states, so successive scores differ by the policy only."""
     actor.eval()
     envs = [make_env() for _ in range(min(n_envs, n_episodes))]
     returns, successes = [], []
@@ -392,7 +409,7 @@ def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, n
         while alive.any():
             live = np.flatnonzero(alive)
             mean, _ = actor(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device))
-            for i, action in zip(live, mean.clamp(-1, 1).cpu().numpy()):
+            for i, action in zip(live, env_action(mean.clamp(-1, 1).cpu().numpy(), action_scale)):
                 o, r, terminated, truncated, info = batch[i].step(action)
                 obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
                 success[i] |= bool(info.get("success", False))
@@ -507,12 +524,14 @@ if __name__ == "__main__":
     ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
     obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
     act_dim = eval_env.action_space.shape[0]
+    action_scale = (eval_env.action_space.low.astype(np.float32), eval_env.action_space.high.astype(np.float32))
     eval_env.close()
     if source and (source["obs_dim"], source["act_dim"]) != (obs_dim, act_dim):
         fail(f"'{source_path}' has obs/act dims {source['obs_dim']}/{source['act_dim']}, the env {obs_dim}/{act_dim}")
 
     # ALGO LOGIC: the replay buffer starts with the whole offline dataset (rewards preprocessed as online ones will be)
-    data, (reward_scale, reward_shift) = load_transitions(dataset, domain, goal)
+    dense = dataset_id.endswith("-dense-v2")
+    data, (reward_scale, reward_shift) = load_transitions(dataset, domain, goal, dense, action_scale)
     n_offline = len(data["rewards"])
     if n_offline > args.buffer_size:
         fail(f"the dataset ({n_offline} transitions) does not fit in --buffer-size {args.buffer_size}; raise it")
@@ -584,7 +603,7 @@ if __name__ == "__main__":
         return path
 
     def update(b: Batch) -> torch.Tensor:
-        # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (2)
+        # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (5)
         with torch.no_grad():
             target_q = qf_target(b.observations, b.actions).min(0).values
         v = vf(b.observations)
@@ -607,7 +626,7 @@ if __name__ == "__main__":
         actor_loss.backward()
         actor_optimizer.step()
 
-        # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (3); 4. Polyak update of the target
+        # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (6); 4. Polyak update of the target
         q = qf(b.observations, b.actions)
         qf_loss = (q - target).square().mean(1).sum()
         qf_optimizer.zero_grad(set_to_none=True)
@@ -619,7 +638,7 @@ if __name__ == "__main__":
     def report(step: int, speeds: str):
         """Evaluate, log to tensorboard and print the terminal line."""
         result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain,
-                          device)
+                          device, action_scale)
         score = score_of(result, domain, ref_scores)
         writer.add_scalar("eval/return", result["returns"].mean(), step)
         writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
@@ -658,12 +677,13 @@ if __name__ == "__main__":
                 mean, log_std = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
                 actor.train()
                 action = (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1, 1).cpu().numpy()
-            next_o, reward, terminated, truncated, info = env.step(action)
+            next_o, reward, terminated, truncated, info = env.step(env_action(action, action_scale))  # buffer: [−1, 1]
             next_obs = flat_observation(next_o, domain)
             # ALGO LOGIC: mazes: the same relabelled reward and terminal as the offline data; mask 0 on termination only
-            reached = bool(goal_reached(next_o["achieved_goal"], goal)) if goal is not None else None
+            train_reward, reached = (reward, None) if goal is None else relabel(next_o["achieved_goal"], goal, dense)
+            reached = None if reached is None else bool(reached)
             mask, episode_over = online_flags(terminated, truncated, reached)
-            train_reward = (float(reached) if goal is not None else reward) * reward_scale + reward_shift
+            train_reward = float(train_reward) * reward_scale + reward_shift
             buffer.add(obs[None], action[None], [train_reward], next_obs[None], [mask])
             ep_return, ep_length = ep_return + reward, ep_length + 1
             ep_success |= bool(info.get("success", False)) or bool(reached)

@@ -110,13 +110,52 @@ def test_offline_relabelling_and_reward_shift_match_the_online_ones():
 
     obs, actions, rewards, next_obs, masks = ft.episode_transitions(Episode, "pointmaze", POINTMAZE_GOAL)
     assert rewards.tolist() == [0.0, 1.0, 0.0] and masks.tolist() == [1.0, 0.0, 1.0]  # truncation at the end bootstraps
-    assert rewards.tolist() == ft.goal_reached(next_obs[:, :2], POINTMAZE_GOAL).astype(float).tolist()
+    online_rewards, online_terminals = ft.relabel(next_obs[:, :2], POINTMAZE_GOAL, dense=False)  # what the online loop does
+    assert rewards.tolist() == online_rewards.tolist() and masks.tolist() == (1.0 - online_terminals).tolist()
     assert actions.max() < 1 and actions.min() > -1
     _, _, raw_rewards, _, raw_masks = ft.episode_transitions(Episode, "pointmaze", None)  # --no-relabel: Minari's own
     assert raw_rewards.tolist() == [1.0, 1.0, 1.0] and raw_masks.tolist() == [1.0, 1.0, 1.0]
     assert ft.reward_scale_shift(np.array([1.0, 5.0]), "antmaze") == (1.0, -1.0)
     assert ft.reward_scale_shift(np.array([100.0, 600.0]), "locomotion") == (2.0, 0.0)
     assert ft.reward_scale_shift(np.array([100.0, 600.0]), "adroit") == (1.0, 0.0)
+    # equal returns (e.g. a pendulum held up for every step of every episode): nothing to normalise, scale 1 (was 1e9)
+    assert ft.reward_scale_shift(np.array([1000.0, 1000.0]), "locomotion") == (1.0, 0.0)
+
+    dense = ft.episode_transitions(Episode, "pointmaze", POINTMAZE_GOAL, dense=True)  # *-dense-v2: exp(−distance)
+    distance = np.linalg.norm(Episode.achieved[1:] - POINTMAZE_GOAL, axis=1)
+    assert dense[2].tolist() == pytest.approx(np.exp(-distance).tolist()) and dense[4].tolist() == [1.0, 0.0, 1.0]
+    assert ft.relabel(Episode.achieved[2], POINTMAZE_GOAL, dense=True)[0] == pytest.approx(np.exp(-distance[1]))
+
+
+def test_actions_are_mapped_between_the_action_space_and_unit_box():
+    class Episode:
+        observations, rewards = np.zeros((3, 2)), np.zeros(2)
+        actions, terminations = np.array([[3.0, -2.0], [0.0, 1.0]]), np.zeros(2, bool)
+
+    scale = (np.array([-3.0, -2.0], np.float32), np.array([3.0, 2.0], np.float32))  # e.g. invertedpendulum, pusher
+    actions = ft.episode_transitions(Episode, "locomotion", None, action_scale=scale)[1]
+    assert actions.ravel().tolist() == pytest.approx([1 - 1e-5, -1 + 1e-5, 0.0, 0.5])
+    assert ft.env_action(np.array([1.0, -0.5]), scale).tolist() == [3.0, -1.0]
+
+    class Env:  # one step per episode; records what evaluate sends to the env
+        sent = []
+
+        def reset(self, seed):
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            Env.sent.append(action)
+            return np.zeros(2, np.float32), 0.0, True, False, {}
+
+        def close(self):
+            pass
+
+    class Actor(torch.nn.Module):
+        def forward(self, obs):
+            return torch.tensor([0.5, -1.0]).expand(len(obs), 2), torch.zeros(2)
+
+    ft.evaluate(Actor(), Env, 2, 0, "locomotion", "cpu", scale)
+    assert len(Env.sent) == 2 and all(a.tolist() == [1.5, -2.0] for a in Env.sent)
 
 
 def test_polyak_update_stays_outside_autograd():

@@ -21,7 +21,15 @@ Deviations from the reference:
   (a convex loss whose gradient is the reference's stop-gradient surrogate); its resampling weights (Eq. 12) are
   computed in log space. The quantile weights (Eq. 10) floor |Q - V| at 1e-6.
 - PointMaze, Kitchen and Adroit are not in the paper: mazes take AntMaze's settings, the others locomotion's.
+  Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(−distance) instead of the 0/1 success.
+- Actions are mapped from the action space's [low, high] to [−1, 1] (the reference assumes D4RL's [−1, 1]; some
+  Minari `mujoco/*` envs differ) and back at evaluation.
+- Locomotion reward scaling (r · 1000 / (max − min episode return)) applies to every `mujoco/*` dataset whose episode
+  returns differ (the reference scales D4RL's locomotion datasets).
+- Every evaluation of a run uses the same seeded start states (seed + 100000 + episode), not one continuing stream.
 - Evaluation draws its noise from its own generator (seeded apart from training), so evaluating never changes training.
+
+Equation numbers are the IDQL paper's: its Eqs. (1) and (2), IQL's V and Q losses, are Eqs. (5) and (6) of the IQL paper.
 """
 
 import copy
@@ -100,7 +108,7 @@ class Args:
     diffusion_steps: int = 5
     """T, the number of DDPM steps (variance-preserving schedule)"""
     num_samples: int = 64
-    """N, behaviour samples per state at evaluation (paper: 16 to 256); with --eval-only the command line's value is used"""
+    """N, behaviour samples per state at evaluation (paper: 16 to 256)"""
     selection: Literal["argmax", "implicit"] = "argmax"
     """argmax: the sample of highest Q (Eq. 13); implicit: resample with the critic loss's weights (Algorithm 2)"""
     eval_interval: Optional[int] = None
@@ -116,7 +124,7 @@ class Args:
     resume: Optional[str] = None
     """path of a checkpoint to continue its run from (same hyperparameters, same run directory)"""
     eval_only: Optional[str] = None
-    """path of a checkpoint to evaluate, without training (--num-samples, --selection, --eval-episodes apply)"""
+    """path of a checkpoint to evaluate, without training (its settings, overridden by flags given, e.g. --num-samples)"""
     runs_dir: str = "runs"
     """where run directories (tensorboard events, checkpoints) are created"""
 
@@ -199,29 +207,32 @@ def flat_observation(obs, domain: str) -> np.ndarray:
     return obs["observation"] if isinstance(obs, dict) else obs
 
 
-def episode_transitions(episode, domain: str, goal: Optional[np.ndarray]):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled."""
+def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
+    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled
+    (dense: reward exp(−distance), as D4RL's maze2d-*-dense). Actions are mapped from [low, high] to [−1, 1]."""
     obs = flat_observation(episode.observations, domain).astype(np.float32)
     rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
     if goal is not None:
-        reached = np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= GOAL_RADIUS
-        rewards, terminals = reached.astype(np.float32), reached
+        distance = np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1)
+        terminals = distance <= GOAL_RADIUS
+        rewards = np.exp(-distance).astype(np.float32) if dense else terminals.astype(np.float32)
     masks = 1.0 - terminals.astype(np.float32)  # a time-limit truncation is not a terminal: it still bootstraps
-    actions = np.clip(np.asarray(episode.actions, np.float32), -1 + ACTION_EPS, 1 - ACTION_EPS)
-    return obs[:-1], actions, rewards, obs[1:], masks
+    low, high = action_scale
+    actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
+    return obs[:-1], np.clip(actions, -1 + ACTION_EPS, 1 - ACTION_EPS), rewards, obs[1:], masks
 
 
 def preprocess_rewards(rewards: np.ndarray, episode_returns: np.ndarray, domain: str) -> np.ndarray:
     """As IQL (paper appendix D): mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
     if domain in ("antmaze", "pointmaze"):
         return rewards - 1.0
-    if domain == "locomotion":
-        return rewards * 1000.0 / max(episode_returns.max() - episode_returns.min(), 1e-6)
+    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
+        return rewards * 1000.0 / np.ptp(episode_returns)
     return rewards
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Eq. (1): L_2^τ(u) = |τ − 1(u < 0)| u², u = Q(s, a) − V(s)."""
+    """Eq. (1) (IQL paper: Eq. 5): L_2^τ(u) = |τ − 1(u < 0)| u², u = Q(s, a) − V(s)."""
     return (torch.where(diff < 0, 1.0 - expectile, expectile) * diff.square()).mean()
 
 
@@ -301,7 +312,7 @@ def select_actions(actions: torch.Tensor, q: torch.Tensor, log_w: torch.Tensor, 
 
 @torch.no_grad()
 def soft_update_(target: nn.Module, source: nn.Module, rate: float):
-    """target ← (1 − rate) · target + rate · source, outside autograd (else each step links the target into a growing graph)."""
+    """target ← (1 − rate) target + rate · source, outside autograd (else every step links target into a growing graph)."""
     for p_t, p in zip(target.parameters(), source.parameters()):
         p_t.lerp_(p, rate)
 
@@ -427,8 +438,8 @@ def make_eval_env(dataset, dataset_id: str, domain: str):
     return dataset.recover_environment(eval_env=True, **kwargs)
 
 
-def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> dict:
-    parts = [episode_transitions(ep, domain, goal) for ep in dataset.iterate_episodes()]
+def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> dict:
+    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
     obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
     rewards = preprocess_rewards(rewards, np.array([p[2].sum() for p in parts]), domain)
     data = dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs, masks=masks)
@@ -439,9 +450,12 @@ def load_transitions(dataset, domain: str, goal: Optional[np.ndarray]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(policy, make_env, n_episodes: int, seed: int, domain: str, device, n_envs: int = 25) -> dict:
+def evaluate(policy, make_env, n_episodes: int, seed: int, domain: str, device, action_scale, n_envs: int = 25) -> dict:
     """`policy(obs_batch, generator)` on `n_episodes` seeded episodes, several envs stepped side by side (one batched
-    policy call per step for all of them); its noise comes from a generator seeded with `seed`, not the training RNG."""
+    policy call per step for all of them); its noise comes from a generator seeded with `seed`, not the training RNG.
+    The same seeds every time: every evaluation of a run starts from the same states, so scores differ by the policy only.
+    Actions in [−1, 1] are mapped back to the action space's [low, high]."""
+    low, high = action_scale
     generator = torch.Generator(device).manual_seed(seed)
     envs = [make_env() for _ in range(min(n_envs, n_episodes))]
     returns, successes = [], []
@@ -452,7 +466,7 @@ def evaluate(policy, make_env, n_episodes: int, seed: int, domain: str, device, 
         while alive.any():
             live = np.flatnonzero(alive)
             actions = policy(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device), generator)
-            for i, action in zip(live, actions.cpu().numpy()):
+            for i, action in zip(live, low + (actions.cpu().numpy() + 1.0) * (high - low) / 2.0):
                 o, r, terminated, truncated, info = batch[i].step(action)
                 obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
                 success[i] |= bool(info.get("success", False))
@@ -532,9 +546,8 @@ if __name__ == "__main__":
     if args.resume:  # the same run goes on: its hyperparameters, not today's defaults
         args, user_set = replace(Args(**ckpt["args"]), resume=args.resume, cuda=args.cuda), {}
     elif args.eval_only:
-        saved = Args(**ckpt["args"])
-        args, user_set = replace(saved, eval_only=args.eval_only, cuda=args.cuda, seed=args.seed, num_samples=args.num_samples,
-                                 selection=args.selection, eval_episodes=args.eval_episodes or saved.eval_episodes), {}
+        saved = Args(**ckpt["args"])  # the checkpoint's settings are the defaults; flags given override them
+        args, user_set = tyro.cli(Args, default=replace(saved, eval_only=args.eval_only, env_id=saved.env_id)), {}
     domain = domain_of(dataset_id)
     args = replace(args, env_id=dataset_id, **{k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None})
     check_args(args, user_set)
@@ -557,6 +570,7 @@ if __name__ == "__main__":
     ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
     obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
     act_dim = eval_env.action_space.shape[0]
+    action_scale = (eval_env.action_space.low.astype(np.float32), eval_env.action_space.high.astype(np.float32))
     eval_env.close()
 
     actor = ScoreNetwork(obs_dim, act_dim, args.actor_hidden_dim, args.actor_num_blocks, args.actor_dropout_rate).to(device)
@@ -573,7 +587,7 @@ if __name__ == "__main__":
 
     def run_evaluation():
         make_env = functools.partial(make_eval_env, dataset, dataset_id, domain)
-        return evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device)
+        return evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device, action_scale)
 
     if args.eval_only:
         for name, module in dict(actor_ema=actor_ema, qf_target=qf_target, vf=vf).items():
@@ -582,10 +596,10 @@ if __name__ == "__main__":
         score = score_of(result, domain, ref_scores)
         print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
               f"N {args.num_samples} {args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | "
-              f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f}")
+              f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f} | seed {args.seed}")
         raise SystemExit(0)
 
-    data = load_transitions(dataset, domain, goal)
+    data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
     n_transitions = len(data["rewards"])
     if max(args.critic_batch_size, args.actor_batch_size) > n_transitions:
         fail(f"--critic-batch-size {args.critic_batch_size} / --actor-batch-size {args.actor_batch_size} exceed the dataset "
@@ -639,7 +653,7 @@ if __name__ == "__main__":
         vf_loss.backward()
         vf_optimizer.step()
 
-        # ALGO LOGIC: both Q heads regress r + γ (1 − terminal) V(s') with the new V, Eq. (2); Polyak update of the target
+        # ALGO LOGIC: both Q heads regress r + γ (1 − terminal) V(s') with the new V, Eq. (2) (IQL's 6); Polyak update
         with torch.no_grad():
             target = b.rewards + args.gamma * b.masks * vf(b.next_observations)
         q = qf(b.observations, b.actions)

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_script
@@ -151,6 +153,60 @@ def test_target_and_ema_updates_stay_outside_autograd(idql):
     assert "_foreach_lerp_" not in SCRIPT.read_text() and SCRIPT.read_text().count("soft_update_(") == 3
 
 
+def fake_episode(achieved, actions, rewards=None):
+    n = len(actions)
+    obs = dict(observation=np.arange(2 * (n + 1), dtype=np.float32).reshape(n + 1, 2), achieved_goal=np.asarray(achieved))
+    return SimpleNamespace(observations=obs, actions=np.asarray(actions, np.float32), terminations=np.zeros(n, bool),
+                           rewards=np.zeros(n) if rewards is None else np.asarray(rewards))
+
+
+def test_transitions_rescale_actions_and_relabel_dense_mazes(idql):
+    # invertedpendulum's action space is [−3, 3], pusher's [−2, 2]: the data is mapped onto [−1, 1] (then clipped)
+    ep = fake_episode(np.zeros((4, 2)), [[-3.0, 0.0], [1.5, 2.0], [3.0, -2.0]])
+    _, actions, *_ = idql.episode_transitions(ep, "pointmaze", None, action_scale=(np.float32([-3, -2]), np.float32([3, 2])))
+    assert np.allclose(actions, [[-1 + 1e-5, 0.0], [0.5, 1 - 1e-5], [1 - 1e-5, -1 + 1e-5]])
+    # relabelled mazes: terminal within 0.5 of the goal; reward 0/1, or exp(−distance) for the dense datasets
+    ep = fake_episode([[9, 9], [3, 0], [0.3, 0], [0, 0.4]], [[0, 0]] * 3)
+    goal = np.zeros(2)
+    *_, rewards, _, masks = idql.episode_transitions(ep, "pointmaze", goal)
+    assert rewards.tolist() == [0, 1, 1] and masks.tolist() == [1, 0, 0]
+    *_, rewards, _, masks = idql.episode_transitions(ep, "pointmaze", goal, dense=True)
+    assert np.allclose(rewards, np.exp([-3, -0.3, -0.4])) and masks.tolist() == [1, 0, 0]
+
+
+def test_locomotion_reward_scaling(idql):
+    rewards = np.array([1.0, 2.0], np.float32)
+    assert np.allclose(idql.preprocess_rewards(rewards, np.array([10.0, 510.0]), "locomotion"), [2.0, 4.0])
+    # equal returns (invertedpendulum expert: every episode 1000): unchanged, no longer ×1e9
+    assert np.array_equal(idql.preprocess_rewards(rewards, np.array([1000.0, 1000.0]), "locomotion"), rewards)
+    assert np.array_equal(idql.preprocess_rewards(rewards, np.array([0.0, 5.0]), "pointmaze"), rewards - 1)
+
+
+class RecordingEnv:
+    """One-step episodes that record the actions they are given."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def reset(self, seed=None):
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.log.append(action)
+        return np.zeros(3, np.float32), 1.0, True, False, {}
+
+    def close(self):
+        pass
+
+
+def test_evaluate_maps_actions_back_to_the_action_space(idql):
+    log = []
+    policy = lambda obs, generator: torch.tensor([[-1.0, 0.0, 1.0]]).expand(len(obs), 3)  # noqa: E731
+    scale = (np.float32([-3, -2, 0]), np.float32([3, 2, 4]))
+    result = idql.evaluate(policy, lambda: RecordingEnv(log), 2, 0, "locomotion", "cpu", scale)
+    assert result["returns"].tolist() == [1.0, 1.0] and np.allclose(log, [[-3, 0, 4]] * 2)
+
+
 # ---------------------------------------------------------------- Figure 1: a 2-D bandit with three reward clusters
 
 CENTRES = torch.tensor([[-0.5, -0.5], [-0.4, 0.6], [0.6, -0.2]])  # low, medium, high reward under r = a1 + a2
@@ -238,7 +294,7 @@ def event_tags(run_dir):
 def pointmaze_run(minari_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("idql_pointmaze")
     proc = run_script("idql.py", "--env-id", "maze2d-umaze-v1", "--critic-steps", "20", "--actor-steps", "20",
-                      "--eval-interval", "10", *TINY, cwd=cwd, timeout=300)
+                      "--eval-interval", "10", "--seed", "7", *TINY, cwd=cwd, timeout=300)
     (run_dir,) = (cwd / "runs").iterdir()
     return proc, run_dir
 
@@ -274,6 +330,10 @@ def test_eval_only(pointmaze_run, tmp_path):
                       cwd=tmp_path)
     assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | N 4 argmax | score " in proc.stdout
     assert not (tmp_path / "runs").exists()
+    assert proc.stdout.rstrip().endswith("| seed 7")  # the checkpoint's settings are the defaults, its seed included
+    proc = run_script("idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "1", "--seed", "3",
+                      cwd=tmp_path)
+    assert "episodes 1 | N 8 argmax" in proc.stdout and proc.stdout.rstrip().endswith("| seed 3")  # flags override them
 
 
 def assert_same(a, b, path="checkpoint"):

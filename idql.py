@@ -170,6 +170,12 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 − terminal: the bootstrap mask
 
 
+def sample_batch(data: Batch, batch_size: int) -> Batch:
+    """`batch_size` transitions drawn uniformly with replacement: one index per transition, the same for every field."""
+    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
+    return Batch(*(x[idx] for x in data))
+
+
 def fail(message: str):
     """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
     print(f"idql.py: error: {message}", file=sys.stderr)
@@ -688,11 +694,9 @@ if __name__ == "__main__":
             break
         # ALGO LOGIC: critic and actor are independent; each runs for its own number of steps
         if step <= args.critic_steps:
-            critic_metrics = critic_update(Batch(*(x[torch.randint(n_transitions, (args.critic_batch_size,), device=device)]
-                                                   for x in data)))
+            critic_metrics = critic_update(sample_batch(data, args.critic_batch_size))
         if step <= args.actor_steps:
-            actor_loss = actor_update(Batch(*(x[torch.randint(n_transitions, (args.actor_batch_size,), device=device)]
-                                              for x in data)))
+            actor_loss = actor_update(sample_batch(data, args.actor_batch_size))
 
         is_eval = step % args.eval_interval == 0 or step == total_steps
         is_ckpt = args.save_model and step % args.checkpoint_interval == 0

@@ -153,6 +153,15 @@ def test_target_and_ema_updates_stay_outside_autograd(idql):
     assert "_foreach_lerp_" not in SCRIPT.read_text() and SCRIPT.read_text().count("soft_update_(") == 3
 
 
+def test_sample_batch_keeps_each_transition_whole(idql):
+    n = torch.arange(1000.0)
+    data = idql.Batch(n.view(-1, 1).expand(-1, 3), n.view(-1, 1), n, n.view(-1, 1).expand(-1, 3) + 1, n)
+    b = idql.sample_batch(data, 256)
+    assert b.rewards.unique().numel() > 100  # drawn at random
+    for field in (b.observations[:, 0], b.observations[:, 2], b.actions[:, 0], b.next_observations[:, 1] - 1, b.masks):
+        assert torch.equal(field, b.rewards)  # obs, action, reward, next obs and mask of the same transition
+
+
 def fake_episode(achieved, actions, rewards=None):
     n = len(actions)
     obs = dict(observation=np.arange(2 * (n + 1), dtype=np.float32).reshape(n + 1, 2), achieved_goal=np.asarray(achieved))

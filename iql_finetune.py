@@ -256,6 +256,12 @@ def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, 
     return rewards + gamma * masks * next_v
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float):
     """target ← (1 − τ) target + τ source, outside autograd (else every step links the target into one growing graph)."""
@@ -547,17 +553,15 @@ if __name__ == "__main__":
     qf_target.load_state_dict(qf.state_dict())
     qf_target.requires_grad_(False)
     fused = dict(fused=True) if device.type in ("cuda", "cpu") else {}
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused)
-    qf_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, **fused)
-    vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, **fused)
+    learning_rates = [(actor, args.actor_lr), (qf, args.critic_lr), (vf, args.value_lr)]
+    actor_optimizer, qf_optimizer, vf_optimizer = (torch.optim.Adam(m.parameters(), lr=lr, **fused) for m, lr in learning_rates)
     modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
                    qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
     for name, module in modules.items() if source else []:
         module.load_state_dict(source[name])
     # ALGO LOGIC: constant learning rates while fine-tuning (iql.py's actor rate has been cosine-decayed to ~0)
-    for optimizer, lr in [(actor_optimizer, args.actor_lr), (qf_optimizer, args.critic_lr), (vf_optimizer, args.value_lr)]:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    for optimizer, (_, lr) in zip([actor_optimizer, qf_optimizer, vf_optimizer], learning_rates):
+        optimizer.param_groups[0]["lr"] = lr
 
     # TRY NOT TO MODIFY: run directory, resume, logging
     start_step, episodes = 0, 0
@@ -608,9 +612,7 @@ if __name__ == "__main__":
             target_q = qf_target(b.observations, b.actions).min(0).values
         v = vf(b.observations)
         vf_loss = expectile_loss(target_q - v, args.expectile)
-        vf_optimizer.zero_grad(set_to_none=True)
-        vf_loss.backward()
-        vf_optimizer.step()
+        gradient_step(vf_optimizer, vf_loss)
 
         # ALGO LOGIC: the freshly updated V gives both the advantage (actor) and V(s') (Q target)
         with torch.no_grad():
@@ -622,16 +624,12 @@ if __name__ == "__main__":
         # ALGO LOGIC: 2. advantage-weighted regression of the policy, Eq. (7)
         mean, log_std = actor(b.observations)
         actor_loss = -(weights * gaussian_log_prob(mean, log_std, b.actions)).mean()
-        actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_optimizer.step()
+        gradient_step(actor_optimizer, actor_loss)
 
         # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (6); 4. Polyak update of the target
         q = qf(b.observations, b.actions)
         qf_loss = (q - target).square().mean(1).sum()
-        qf_optimizer.zero_grad(set_to_none=True)
-        qf_loss.backward()
-        qf_optimizer.step()
+        gradient_step(qf_optimizer, qf_loss)
         polyak_update(qf_target, qf, args.tau)
         return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean()]).detach()
 
@@ -681,7 +679,6 @@ if __name__ == "__main__":
             next_obs = flat_observation(next_o, domain)
             # ALGO LOGIC: mazes: the same relabelled reward and terminal as the offline data; mask 0 on termination only
             train_reward, reached = (reward, None) if goal is None else relabel(next_o["achieved_goal"], goal, dense)
-            reached = None if reached is None else bool(reached)
             mask, episode_over = online_flags(terminated, truncated, reached)
             train_reward = float(train_reward) * reward_scale + reward_shift
             buffer.add(obs[None], action[None], [train_reward], next_obs[None], [mask])

@@ -15,10 +15,16 @@ import gymnasium as gym
 import gymnasium_robotics
 import numpy as np
 import pytest
+import torch
 
 gym.register_envs(gymnasium_robotics)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests run the scripts on one thread: the tiny networks gain little from a second one, a second thread slows torch
+# several-fold whenever another process holds a core, and one thread makes every run's numbers repeatable.
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+os.environ.update(SINGLE_THREAD)  # for every subprocess, those started with Popen too
+torch.set_num_threads(1)
 
 ANTMAZE_MEDIUM = [[1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
                   [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1]]
@@ -182,7 +188,7 @@ def minari_root(tmp_path_factory):
 def run_script(script, *args, cwd, timeout=600, check=True, env=None):
     """Run `python <script> args...` from `cwd` and return the CompletedProcess (stdout and stderr as text)."""
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **SINGLE_THREAD, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc

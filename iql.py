@@ -222,6 +222,13 @@ def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.
     return (-0.5 * ((actions - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
 
 
+@torch.no_grad()  # the target is a running average, not part of any graph
+def polyak_update(target: nn.Module, source: nn.Module, tau: float):
+    """θ̂ ← (1 − τ) θ̂ + τ θ."""
+    for param_target, param in zip(target.parameters(), source.parameters()):
+        param_target.lerp_(param, tau)
+
+
 def orthogonal_(weight: torch.Tensor, bias: torch.Tensor):
     nn.init.orthogonal_(weight, gain=np.sqrt(2))
     nn.init.zeros_(bias)
@@ -445,7 +452,9 @@ if __name__ == "__main__":
     n_transitions = len(data["rewards"])
     if args.batch_size > n_transitions:
         fail(f"--batch-size {args.batch_size} is larger than the dataset ({n_transitions} transitions); lower it")
-    data = Batch(*(torch.as_tensor(data[k], device=device) for k in Batch._fields))  # the whole dataset on the device
+    # The whole dataset on the device, one row per transition (obs | action | reward | next obs | mask): a batch is one gather.
+    rows = torch.as_tensor(np.concatenate([data[k].reshape(n_transitions, -1) for k in Batch._fields], 1), device=device)
+    row_split = [obs_dim, act_dim, 1, obs_dim, 1]
 
     qf, vf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device), ValueNetwork(obs_dim, args.hidden_dim).to(device)
     qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
@@ -517,9 +526,7 @@ if __name__ == "__main__":
         qf_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         qf_optimizer.step()
-        with torch.no_grad():
-            for param_target, param in zip(qf_target.parameters(), qf.parameters()):
-                param_target.lerp_(param, args.tau)
+        polyak_update(qf_target, qf, args.tau)
         return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean()]).detach()
 
     update_step = torch.compile(update) if args.compile else update
@@ -530,7 +537,8 @@ if __name__ == "__main__":
     train_time, log_time, log_step = 0.0, time.perf_counter(), start_step
     for step in range(start_step + 1, args.total_steps + 1):
         idx = torch.randint(n_transitions, (args.batch_size,), device=device)
-        metrics = update_step(Batch(*(x[idx] for x in data)))
+        obs, actions, rewards, next_obs, masks = rows[idx].split(row_split, 1)
+        metrics = update_step(Batch(obs, actions, rewards.squeeze(1), next_obs, masks.squeeze(1)))
         actor_scheduler.step()
 
         is_eval = step % args.eval_interval == 0 or step == args.total_steps

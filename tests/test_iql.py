@@ -85,6 +85,17 @@ def test_twin_q_heads_are_two_independent_mlps():
     assert not torch.allclose(q[0], q[1])  # separately initialised
 
 
+def test_polyak_update_is_a_running_average_outside_autograd():
+    torch.manual_seed(0)
+    target, source = iql.TwinQNetwork(3, 1, 8), iql.TwinQNetwork(3, 1, 8)
+    target.requires_grad_(False)
+    before = [p.clone() for p in target.parameters()]
+    iql.polyak_update(target, source, 0.005)
+    for p_t, p_0, p in zip(target.parameters(), before, source.parameters()):
+        assert torch.allclose(p_t, 0.995 * p_0 + 0.005 * p)
+        assert not p_t.requires_grad and p_t.grad_fn is None  # no graph grows across a million steps
+
+
 # ---------------------------------------------------------------------------------------------- data conversion
 def episode(achieved, terminations, truncations, rewards=None):
     n = len(terminations)

@@ -148,8 +148,9 @@ ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-pl
 POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
 KITCHENS = ["complete", "partial", "mixed"]
 ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup",
-                                                      "walker2d"]}
+MUJOCO = {
+    e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]
+}
 MUJOCO |= {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
 D4RL_TO_MINARI = {
     **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
@@ -158,8 +159,10 @@ D4RL_TO_MINARI = {
     **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
 }
 MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
-D4RL_LOCOMOTION = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-"
-                             r"(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
+D4RL_LOCOMOTION = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-"
+    r"(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$"
+)
 
 
 class Batch(NamedTuple):
@@ -191,12 +194,16 @@ def resolve_dataset_id(name: str, local_ids=()) -> str:
     if m := D4RL_LOCOMOTION.match(name):
         env, quality = m.group(1), m.group(2)
         nearest = {"random": "simple", "medium-replay": "medium", "medium-expert": "expert", "full-replay": "expert"}
-        fail(f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
-             f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
-             f"not comparable with the paper's table). Pass that id with --env-id to train on it.")
+        fail(
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
+            f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
+            f"not comparable with the paper's table). Pass that id with --env-id to train on it."
+        )
     close = difflib.get_close_matches(name, MINARI_IDS + sorted(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
-         f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0).")
+    fail(
+        f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
+        f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0)."
+    )
 
 
 def domain_of(dataset_id: str) -> str:
@@ -405,8 +412,9 @@ class ScoreNetwork(nn.Module):
 
 
 @torch.no_grad()
-def idql_actions(obs, score_net, qf, vf, betas, num_samples: int, selection: str, critic_loss: str, hyperparam: float,
-                 generator=None) -> torch.Tensor:
+def idql_actions(
+    obs, score_net, qf, vf, betas, num_samples: int, selection: str, critic_loss: str, hyperparam: float, generator=None
+) -> torch.Tensor:
     """Algorithm 2 for a batch of states: N behaviour samples each (one score-network pass per diffusion step), scored
     with min(Q1, Q2) of the target critic, then argmax or resampled."""
     obs_n = obs.repeat_interleave(num_samples, 0)
@@ -424,10 +432,12 @@ def load_minari_dataset(dataset_id: str):
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         first_line = str(e).splitlines()[0][:160] if str(e) else ""
-        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {first_line}). "
-             f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
-             f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
-             f"{os.path.join(root, dataset_id)} here.")
+        fail(
+            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {first_line}). "
+            f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
+            f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
+            f"{os.path.join(root, dataset_id)} here."
+        )
 
 
 def make_eval_env(dataset, dataset_id: str, domain: str):
@@ -499,8 +509,10 @@ def load_checkpoint(path: str, device) -> dict:
     except FileNotFoundError:
         fail(f"no checkpoint at '{path}'; give the path of a checkpoint_<step>.pt file written by idql.py")
     except Exception as e:
-        fail(f"cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
-             f"Use another checkpoint_<step>.pt from the same run directory.")
+        fail(
+            f"cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
+            f"Use another checkpoint_<step>.pt from the same run directory."
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"'{path}' is not an idql.py checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return ckpt
@@ -527,11 +539,16 @@ def check_args(args: Args, user_set: dict):
         (0 < args.ema_rate <= 1, f"--ema-rate must be in (0, 1], got {args.ema_rate} (paper: 0.001)"),
         (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
         (min(args.critic_steps, args.actor_steps) > 0, "--critic-steps and --actor-steps must be > 0"),
-        (min(args.critic_batch_size, args.actor_batch_size, args.hidden_dim, args.actor_hidden_dim, args.actor_num_blocks) > 0,
-         "batch sizes, hidden dims and --actor-num-blocks must be > 0"),
+        (
+            min(args.critic_batch_size, args.actor_batch_size, args.hidden_dim, args.actor_hidden_dim, args.actor_num_blocks)
+            > 0,
+            "batch sizes, hidden dims and --actor-num-blocks must be > 0",
+        ),
         (min(args.diffusion_steps, args.num_samples) > 0, "--diffusion-steps and --num-samples must be > 0 (paper: 5 and 64)"),
-        (min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
-         "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0"),
+        (
+            min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
+            "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -588,8 +605,9 @@ if __name__ == "__main__":
     eval_seed = args.seed + 100_000
 
     def policy(obs, generator):
-        return idql_actions(obs, actor_ema, qf_target, vf, betas, args.num_samples, args.selection, args.critic_loss,
-                            hyperparam, generator)
+        return idql_actions(
+            obs, actor_ema, qf_target, vf, betas, args.num_samples, args.selection, args.critic_loss, hyperparam, generator
+        )
 
     def run_evaluation():
         make_env = functools.partial(make_eval_env, dataset, dataset_id, domain)
@@ -600,16 +618,20 @@ if __name__ == "__main__":
             module.load_state_dict(ckpt[name])
         result = run_evaluation()
         score = score_of(result, domain, ref_scores)
-        print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
-              f"N {args.num_samples} {args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | "
-              f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f} | seed {args.seed}")
+        print(
+            f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
+            f"N {args.num_samples} {args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | "
+            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f} | seed {args.seed}"
+        )
         raise SystemExit(0)
 
     data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
     n_transitions = len(data["rewards"])
     if max(args.critic_batch_size, args.actor_batch_size) > n_transitions:
-        fail(f"--critic-batch-size {args.critic_batch_size} / --actor-batch-size {args.actor_batch_size} exceed the dataset "
-             f"({n_transitions} transitions); lower them")
+        fail(
+            f"--critic-batch-size {args.critic_batch_size} / --actor-batch-size {args.actor_batch_size} exceed the dataset "
+            f"({n_transitions} transitions); lower them"
+        )
     data = Batch(*(torch.as_tensor(data[k], device=device) for k in Batch._fields))  # the whole dataset on the device
 
     fused = dict(fused=True) if device.type in ("cuda", "cpu") else {}
@@ -617,8 +639,17 @@ if __name__ == "__main__":
     qf_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, **fused)
     vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, **fused)
     actor_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optimizer, T_max=args.actor_steps)
-    modules = dict(actor=actor, actor_ema=actor_ema, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
-                   qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer, actor_scheduler=actor_scheduler)
+    modules = dict(
+        actor=actor,
+        actor_ema=actor_ema,
+        qf=qf,
+        qf_target=qf_target,
+        vf=vf,
+        actor_optimizer=actor_optimizer,
+        qf_optimizer=qf_optimizer,
+        vf_optimizer=vf_optimizer,
+        actor_scheduler=actor_scheduler,
+    )
 
     # TRY NOT TO MODIFY: run directory, resume, logging
     start_step, total_steps = 0, max(args.critic_steps, args.actor_steps)
@@ -643,10 +674,21 @@ if __name__ == "__main__":
     def checkpoint(step: int) -> str:
         path = os.path.join(run_dir, f"checkpoint_{step}.pt")
         rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
-        save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id,
-                                   args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim,
-                                   rng_cpu=torch.get_rng_state(), rng_cuda=rng_cuda,
-                                   **{name: module.state_dict() for name, module in modules.items()}))
+        save_checkpoint(
+            path,
+            dict(
+                format=CHECKPOINT_FORMAT,
+                step=step,
+                run_name=run_name,
+                dataset_id=dataset_id,
+                args=asdict(replace(args, resume=None)),
+                obs_dim=obs_dim,
+                act_dim=act_dim,
+                rng_cpu=torch.get_rng_state(),
+                rng_cuda=rng_cuda,
+                **{name: module.state_dict() for name, module in modules.items()},
+            ),
+        )
         return path
 
     def critic_update(b: Batch) -> torch.Tensor:
@@ -706,15 +748,22 @@ if __name__ == "__main__":
             current = [v for k, v in losses.items() if step <= (args.actor_steps if k == "actor_loss" else args.critic_steps)]
             if not np.isfinite(current).all():
                 kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
-                fail(f"non-finite loss by step {step} ({', '.join(f'{k} {v}' for k, v in losses.items())}); training stopped "
-                     f"and {kept}. Lower the learning rates or check the dataset's scale.")
+                fail(
+                    f"non-finite loss by step {step} ({', '.join(f'{k} {v}' for k, v in losses.items())}); training stopped "
+                    f"and {kept}. Lower the learning rates or check the dataset's scale."
+                )
             now = time.perf_counter()
             train_time += now - log_time
             sps = (step - log_step) / max(now - log_time, 1e-9)
             log_step, log_time = step, now
-            scalars = {**{f"losses/{k}": v for k, v in losses.items()}, "values/q": q_mean, "values/v": v_mean,
-                       "values/advantage": adv_mean,
-                       "charts/SPS": sps, "charts/learning_rate": actor_scheduler.get_last_lr()[0]}
+            scalars = {
+                **{f"losses/{k}": v for k, v in losses.items()},
+                "values/q": q_mean,
+                "values/v": v_mean,
+                "values/advantage": adv_mean,
+                "charts/SPS": sps,
+                "charts/learning_rate": actor_scheduler.get_last_lr()[0],
+            }
             for name, value in scalars.items():
                 writer.add_scalar(name, value, step)
         if is_eval:
@@ -726,9 +775,12 @@ if __name__ == "__main__":
                 writer.add_scalar("eval/normalized_score", score, step)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((total_steps - step) / speed))
-            print(f"step {step:>8}/{total_steps} | score {'n/a' if score is None else f'{score:6.1f}'} | "
-                  f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
-                  f"{speed:6.0f} updates/s | ETA {eta}", flush=True)
+            print(
+                f"step {step:>8}/{total_steps} | score {'n/a' if score is None else f'{score:6.1f}'} | "
+                f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
+                f"{speed:6.0f} updates/s | ETA {eta}",
+                flush=True,
+            )
             log_time = time.perf_counter()  # evaluation time is not training time
         if is_ckpt or (args.save_model and step == total_steps):
             last_good_checkpoint = checkpoint(step)

@@ -103,7 +103,16 @@ ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so thei
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius, used for relabelling
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
 CHECKPOINT_FORMAT = "iql.py checkpoint v1"
-RUN_CONTROL = ("cuda", "compile", "eval_interval", "eval_episodes", "log_interval", "save_model", "checkpoint_interval", "runs_dir")
+RUN_CONTROL = (
+    "cuda",
+    "compile",
+    "eval_interval",
+    "eval_episodes",
+    "log_interval",
+    "save_model",
+    "checkpoint_interval",
+    "runs_dir",
+)
 
 # The paper's one setting per domain (appendix B); eval cadence as the authors ran it.
 DOMAIN_DEFAULTS = {
@@ -119,8 +128,12 @@ ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-pl
 POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
 KITCHENS = ["complete", "partial", "mixed"]
 ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]}
-MUJOCO.update({e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]})
+MUJOCO = {
+    e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]
+}
+MUJOCO.update(
+    {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
+)
 D4RL_TO_MINARI = {
     **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
     **{f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)},
@@ -128,7 +141,9 @@ D4RL_TO_MINARI = {
     **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
 }
 MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
-D4RL_LOCOMOTION = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
+D4RL_LOCOMOTION = re.compile(
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$"
+)
 
 
 class Batch(NamedTuple):
@@ -153,12 +168,16 @@ def resolve_dataset_id(name: str, local_ids=()) -> str:
     if m := D4RL_LOCOMOTION.match(name):
         env, quality = m.group(1), m.group(2)
         nearest = {"random": "simple", "medium-replay": "medium", "medium-expert": "expert", "full-replay": "expert"}
-        fail(f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
-             f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
-             f"not comparable with the paper's table). Pass that id with --env-id to train on it.")
+        fail(
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
+            f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
+            f"not comparable with the paper's table). Pass that id with --env-id to train on it."
+        )
     close = difflib.get_close_matches(name, MINARI_IDS + sorted(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
-         f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0).")
+    fail(
+        f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
+        f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0)."
+    )
 
 
 def domain_of(dataset_id: str) -> str:
@@ -285,11 +304,13 @@ def load_minari_dataset(dataset_id: str):
     try:
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
-        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). "
-             f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
-             f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
-             f"{os.path.join(root, dataset_id)} here.")
+        root, reason = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets"), (str(e) or "-").splitlines()[0][:160]
+        fail(
+            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
+            f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
+            f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
+            f"{os.path.join(root, dataset_id)} here."
+        )
 
 
 def make_eval_env(dataset, dataset_id: str, domain: str):
@@ -324,8 +345,10 @@ def load_checkpoint(path: str, device) -> dict:
     except FileNotFoundError:
         fail(f"no checkpoint at '{path}'; give the path of a checkpoint_<step>.pt file written by iql.py")
     except Exception as e:
-        fail(f"cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
-             f"Use another checkpoint_<step>.pt from the same run directory.")
+        fail(
+            f"cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
+            f"Use another checkpoint_<step>.pt from the same run directory."
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"'{path}' is not an iql.py checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return ckpt
@@ -339,16 +362,24 @@ def save_checkpoint(path: str, state: dict):
 
 def check_args(args: Args):
     checks = [
-        (0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile} (0.5 is plain regression; paper: 0.7, 0.9)"),
+        (
+            0 < args.expectile < 1,
+            f"--expectile must be in (0, 1), got {args.expectile} (0.5 is plain regression; paper: 0.7, 0.9)",
+        ),
         (args.temperature > 0, f"--temperature must be > 0, got {args.temperature} (paper: 0.5 to 10)"),
         (0 <= args.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {args.dropout_rate}"),
         (0 < args.gamma <= 1, f"--gamma must be in (0, 1], got {args.gamma}"),
         (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
         (args.exp_adv_max > 0, f"--exp-adv-max must be > 0, got {args.exp_adv_max}"),
         (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
-        (min(args.total_steps, args.batch_size, args.hidden_dim) > 0, "--total-steps, --batch-size and --hidden-dim must be > 0"),
-        (min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
-         "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0"),
+        (
+            min(args.total_steps, args.batch_size, args.hidden_dim) > 0,
+            "--total-steps, --batch-size and --hidden-dim must be > 0",
+        ),
+        (
+            min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
+            "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -407,8 +438,10 @@ if __name__ == "__main__":
         args = tyro.cli(Args, default=replace(saved, resume=args.resume, env_id=saved.env_id))
         changed = [k for k in asdict(saved) if k not in (*RUN_CONTROL, "resume") and getattr(args, k) != getattr(saved, k)]
         if changed:
-            fail(f"--{changed[0].replace('_', '-')} cannot change when resuming (the run continues exactly as it started); "
-                 f"start a new run instead, or change only {', '.join('--' + k.replace('_', '-') for k in RUN_CONTROL)}")
+            fail(
+                f"--{changed[0].replace('_', '-')} cannot change when resuming (the run continues exactly as it started); "
+                f"start a new run instead, or change only {', '.join('--' + k.replace('_', '-') for k in RUN_CONTROL)}"
+            )
     elif args.eval_only:
         saved = Args(**ckpt["args"])
         args = tyro.cli(Args, default=replace(saved, eval_only=args.eval_only, env_id=saved.env_id))
@@ -440,12 +473,21 @@ if __name__ == "__main__":
     eval_seed = args.seed + 100_000
     if args.eval_only:
         actor.load_state_dict(ckpt["actor"])
-        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device,
-                          action_scale)
+        result = evaluate(
+            actor,
+            lambda: make_eval_env(dataset, dataset_id, domain),
+            args.eval_episodes,
+            eval_seed,
+            domain,
+            device,
+            action_scale,
+        )
         score = score_of(result, domain, ref_scores)
-        print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
-              f"score {'n/a' if score is None else f'{score:.1f}'} | success {result['successes'].mean():.2f} | "
-              f"return {result['returns'].mean():.2f}")
+        print(
+            f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
+            f"score {'n/a' if score is None else f'{score:.1f}'} | success {result['successes'].mean():.2f} | "
+            f"return {result['returns'].mean():.2f}"
+        )
         raise SystemExit(0)
 
     data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
@@ -464,8 +506,16 @@ if __name__ == "__main__":
     qf_optimizer = torch.optim.Adam(qf.parameters(), lr=args.critic_lr, fused=True)
     vf_optimizer = torch.optim.Adam(vf.parameters(), lr=args.value_lr, fused=True)
     actor_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optimizer, T_max=args.total_steps)
-    modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
-                   qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer, actor_scheduler=actor_scheduler)
+    modules = dict(
+        actor=actor,
+        qf=qf,
+        qf_target=qf_target,
+        vf=vf,
+        actor_optimizer=actor_optimizer,
+        qf_optimizer=qf_optimizer,
+        vf_optimizer=vf_optimizer,
+        actor_scheduler=actor_scheduler,
+    )
 
     # TRY NOT TO MODIFY: run directory, resume, logging
     start_step, last_good_checkpoint = 0, args.resume
@@ -490,10 +540,21 @@ if __name__ == "__main__":
     def checkpoint(step: int) -> str:
         path = os.path.join(run_dir, f"checkpoint_{step}.pt")
         rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
-        save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id,
-                                   args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim,
-                                   rng_cpu=torch.get_rng_state(), rng_cuda=rng_cuda,
-                                   **{name: module.state_dict() for name, module in modules.items()}))
+        save_checkpoint(
+            path,
+            dict(
+                format=CHECKPOINT_FORMAT,
+                step=step,
+                run_name=run_name,
+                dataset_id=dataset_id,
+                args=asdict(replace(args, resume=None)),
+                obs_dim=obs_dim,
+                act_dim=act_dim,
+                rng_cpu=torch.get_rng_state(),
+                rng_cuda=rng_cuda,
+                **{name: module.state_dict() for name, module in modules.items()},
+            ),
+        )
         return path
 
     def update(b: Batch) -> torch.Tensor:
@@ -546,20 +607,40 @@ if __name__ == "__main__":
         if step % args.log_interval == 0 or is_eval or is_ckpt:
             vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
             if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
-                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was written"
-                fail(f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
-                     f"{kept}. Lower the learning rates or check the dataset's scale.")
+                kept = (
+                    f"the last good checkpoint is {last_good_checkpoint}"
+                    if last_good_checkpoint
+                    else "no checkpoint was written"
+                )
+                fail(
+                    f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
+                    f"{kept}. Lower the learning rates or check the dataset's scale."
+                )
             now = time.perf_counter()
             train_time += now - log_time
             sps = (step - log_step) / max(now - log_time, 1e-9)
             log_step, log_time = step, now
-            for name, value in [("losses/vf_loss", vf_loss), ("losses/actor_loss", actor_loss), ("losses/qf_loss", qf_loss),
-                                ("values/q", q_mean), ("values/v", v_mean), ("values/advantage", adv_mean),
-                                ("charts/SPS", sps), ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"])]:
+            for name, value in [
+                ("losses/vf_loss", vf_loss),
+                ("losses/actor_loss", actor_loss),
+                ("losses/qf_loss", qf_loss),
+                ("values/q", q_mean),
+                ("values/v", v_mean),
+                ("values/advantage", adv_mean),
+                ("charts/SPS", sps),
+                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"]),
+            ]:
                 writer.add_scalar(name, value, step)
         if is_eval:
-            result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain, device,
-                          action_scale)
+            result = evaluate(
+                actor,
+                lambda: make_eval_env(dataset, dataset_id, domain),
+                args.eval_episodes,
+                eval_seed,
+                domain,
+                device,
+                action_scale,
+            )
             score = score_of(result, domain, ref_scores)
             writer.add_scalar("eval/return", result["returns"].mean(), step)
             writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
@@ -567,9 +648,12 @@ if __name__ == "__main__":
                 writer.add_scalar("eval/normalized_score", score, step)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
-            print(f"step {step:>8}/{args.total_steps} | score {'n/a' if score is None else f'{score:.1f}':>6} | "
-                  f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
-                  f"{speed:6.0f} updates/s | ETA {eta}", flush=True)
+            print(
+                f"step {step:>8}/{args.total_steps} | score {'n/a' if score is None else f'{score:.1f}':>6} | "
+                f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
+                f"{speed:6.0f} updates/s | ETA {eta}",
+                flush=True,
+            )
             log_time = time.perf_counter()  # evaluation time is not training time
         if is_ckpt or (args.save_model and step == args.total_steps):
             last_good_checkpoint = checkpoint(step)

@@ -137,8 +137,9 @@ ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-pl
 POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
 KITCHENS = ["complete", "partial", "mixed"]
 ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup",
-                                                       "walker2d"]}
+MUJOCO = {
+    e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]
+}
 MUJOCO |= {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
 D4RL_TO_MINARI = {
     **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
@@ -148,7 +149,8 @@ D4RL_TO_MINARI = {
 }
 MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
 D4RL_LOCOMOTION = re.compile(
-    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$")
+    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$"
+)
 
 
 class Batch(NamedTuple):
@@ -173,12 +175,16 @@ def resolve_dataset_id(name: str, local_ids=()) -> str:
     if m := D4RL_LOCOMOTION.match(name):
         env, quality = m.group(1), m.group(2)
         nearest = {"random": "simple", "medium-replay": "medium", "medium-expert": "expert", "full-replay": "expert"}
-        fail(f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
-             f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
-             f"not comparable with the paper's table). Pass that id with --env-id to train on it.")
+        fail(
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
+            f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
+            f"not comparable with the paper's table). Pass that id with --env-id to train on it."
+        )
     close = difflib.get_close_matches(name, MINARI_IDS + sorted(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
-         f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0).")
+    fail(
+        f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
+        f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0)."
+    )
 
 
 def domain_of(dataset_id: str) -> str:
@@ -369,10 +375,12 @@ def load_minari_dataset(dataset_id: str):
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         reason = str(e).splitlines()[0][:160] if str(e) else ""
-        fail(f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
-             f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
-             f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
-             f"{os.path.join(root, dataset_id)} here.")
+        fail(
+            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
+            f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
+            f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
+            f"{os.path.join(root, dataset_id)} here."
+        )
 
 
 def make_eval_env(dataset, dataset_id: str, domain: str):
@@ -445,13 +453,17 @@ def load_checkpoint(path: str, device, expected_format: str, flag: str) -> dict:
     except FileNotFoundError:
         fail(f"{flag}: no checkpoint at '{path}'; give the path of a checkpoint_<step>.pt file written by {writer_script}")
     except Exception as e:
-        fail(f"{flag}: cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
-             f"Use another checkpoint_<step>.pt from the same run directory.")
+        fail(
+            f"{flag}: cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
+            f"Use another checkpoint_<step>.pt from the same run directory."
+        )
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found != expected_format:
         hint = {CHECKPOINT_FORMAT: " (continue it with --resume)", IQL_CHECKPOINT_FORMAT: " (fine-tune it with --load-model)"}
-        fail(f"{flag}: '{path}' is not an {writer_script} checkpoint (format {found!r}, expected '{expected_format}')"
-             f"{hint.get(found, '')}")
+        fail(
+            f"{flag}: '{path}' is not an {writer_script} checkpoint (format {found!r}, expected '{expected_format}')"
+            f"{hint.get(found, '')}"
+        )
     return ckpt
 
 
@@ -473,8 +485,10 @@ def check_args(args: Args):
         (args.offline_steps >= 0 and args.online_steps >= 0, "--offline-steps and --online-steps must be >= 0"),
         (args.offline_steps + args.online_steps > 0, "--offline-steps and --online-steps are both 0: nothing to do"),
         (min(args.buffer_size, args.batch_size, args.hidden_dim) > 0, "--buffer-size, --batch-size, --hidden-dim must be > 0"),
-        (min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
-         "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0"),
+        (
+            min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
+            "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -502,8 +516,10 @@ if __name__ == "__main__":
     elif pretrained:
         saved = pretrained["args"]
         if args.relabel != saved.get("relabel", True):
-            fail(f"the checkpoint was trained with relabel={saved.get('relabel')}, this run has relabel={args.relabel}: "
-                 f"its Q and V would mean another reward; use the same --relabel/--no-relabel")
+            fail(
+                f"the checkpoint was trained with relabel={saved.get('relabel')}, this run has relabel={args.relabel}: "
+                f"its Q and V would mean another reward; use the same --relabel/--no-relabel"
+            )
         inherited = {k: saved[k] for k in ("expectile", "temperature", "dropout_rate") if getattr(args, k) is None}
         args = replace(args, offline_steps=0, hidden_dim=saved["hidden_dim"], **inherited)  # unset: as pre-trained
     elif args.offline_steps is None:
@@ -554,9 +570,18 @@ if __name__ == "__main__":
     qf_target.requires_grad_(False)
     fused = dict(fused=True) if device.type in ("cuda", "cpu") else {}
     learning_rates = [(actor, args.actor_lr), (qf, args.critic_lr), (vf, args.value_lr)]
-    actor_optimizer, qf_optimizer, vf_optimizer = (torch.optim.Adam(m.parameters(), lr=lr, **fused) for m, lr in learning_rates)
-    modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf, actor_optimizer=actor_optimizer,
-                   qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
+    actor_optimizer, qf_optimizer, vf_optimizer = (
+        torch.optim.Adam(m.parameters(), lr=lr, **fused) for m, lr in learning_rates
+    )
+    modules = dict(
+        actor=actor,
+        qf=qf,
+        qf_target=qf_target,
+        vf=vf,
+        actor_optimizer=actor_optimizer,
+        qf_optimizer=qf_optimizer,
+        vf_optimizer=vf_optimizer,
+    )
     for name, module in modules.items() if source else []:
         module.load_state_dict(source[name])
     # ALGO LOGIC: constant learning rates while fine-tuning (iql.py's actor rate has been cosine-decayed to ~0)
@@ -578,8 +603,10 @@ if __name__ == "__main__":
                 buffer.online_added = ckpt["online_added"]  # counts evicted online rows too
                 note = f"; buffer restored: {n_offline} offline + {len(ckpt['online_rows'])} online rows"
             else:
-                note = (f"; this checkpoint holds no online transitions (--no-save-buffer), so the buffer restarts "
-                        f"from the offline data alone, without the {ckpt['online_added']} online transitions collected")
+                note = (
+                    f"; this checkpoint holds no online transitions (--no-save-buffer), so the buffer restarts "
+                    f"from the offline data alone, without the {ckpt['online_added']} online transitions collected"
+                )
             note += "; the episode in progress is dropped and a new one starts"
         print(f"resuming run {run_name} at step {start_step}/{total_steps} from {args.resume}{note}")
     else:
@@ -591,19 +618,34 @@ if __name__ == "__main__":
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     hyperparameters = {**asdict(args), "dataset_transitions": n_offline, "device": str(device)}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hyperparameters.items()))
-    print(f"IQL fine-tuning on {dataset_id} ({domain}, {n_offline} transitions, obs {obs_dim}, act {act_dim}) on {device}: "
-          f"{args.offline_steps} offline + {args.online_steps} online steps")
+    print(
+        f"IQL fine-tuning on {dataset_id} ({domain}, {n_offline} transitions, obs {obs_dim}, act {act_dim}) on {device}: "
+        f"{args.offline_steps} offline + {args.online_steps} online steps"
+    )
     print("  " + "  ".join(f"{k}={v}" for k, v in asdict(args).items() if k not in ("resume",)))
 
     def checkpoint(step: int) -> str:
         path = os.path.join(run_dir, f"checkpoint_{step}.pt")
         rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
         online_rows = buffer.online_rows().cpu() if args.save_buffer and step > args.offline_steps else None
-        save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id,
-                                   args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim,
-                                   episodes=episodes, online_added=buffer.online_added, online_rows=online_rows,
-                                   rng_cpu=torch.get_rng_state(), rng_cuda=rng_cuda,
-                                   **{name: module.state_dict() for name, module in modules.items()}))
+        save_checkpoint(
+            path,
+            dict(
+                format=CHECKPOINT_FORMAT,
+                step=step,
+                run_name=run_name,
+                dataset_id=dataset_id,
+                args=asdict(replace(args, resume=None)),
+                obs_dim=obs_dim,
+                act_dim=act_dim,
+                episodes=episodes,
+                online_added=buffer.online_added,
+                online_rows=online_rows,
+                rng_cpu=torch.get_rng_state(),
+                rng_cuda=rng_cuda,
+                **{name: module.state_dict() for name, module in modules.items()},
+            ),
+        )
         return path
 
     def update(b: Batch) -> torch.Tensor:
@@ -635,8 +677,15 @@ if __name__ == "__main__":
 
     def report(step: int, speeds: str):
         """Evaluate, log to tensorboard and print the terminal line."""
-        result = evaluate(actor, lambda: make_eval_env(dataset, dataset_id, domain), args.eval_episodes, eval_seed, domain,
-                          device, action_scale)
+        result = evaluate(
+            actor,
+            lambda: make_eval_env(dataset, dataset_id, domain),
+            args.eval_episodes,
+            eval_seed,
+            domain,
+            device,
+            action_scale,
+        )
         score = score_of(result, domain, ref_scores)
         writer.add_scalar("eval/return", result["returns"].mean(), step)
         writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
@@ -646,9 +695,12 @@ if __name__ == "__main__":
         if step <= args.offline_steps or step == 0:
             phase = f"offline {step}/{args.offline_steps}" if args.offline_steps else "loaded model"
         recent = f"{np.mean(recent_returns):.2f} over {len(recent_returns)}" if recent_returns else "n/a"
-        print(f"step {step:>8}/{total_steps} {phase} | score {'n/a' if score is None else f'{score:6.1f}'} | "
-              f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | episodes {episodes} "
-              f"(return {recent}) | {speeds}", flush=True)
+        print(
+            f"step {step:>8}/{total_steps} {phase} | score {'n/a' if score is None else f'{score:6.1f}'} | "
+            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | episodes {episodes} "
+            f"(return {recent}) | {speeds}",
+            flush=True,
+        )
 
     update_step = torch.compile(update) if args.compile else update
     stop_requested = []
@@ -703,18 +755,27 @@ if __name__ == "__main__":
             vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
             if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
                 kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
-                fail(f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
-                     f"{kept}. Lower the learning rates or check the dataset's scale.")
+                fail(
+                    f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
+                    f"{kept}. Lower the learning rates or check the dataset's scale."
+                )
             now = time.perf_counter()
             train_time += now - log_time
             updates_per_s = (step - log_step) / max(now - log_time, 1e-9)  # one update per step, env time included online
             if env_steps_logged:
                 env_steps_per_s = env_steps_logged / max(env_time, 1e-9)  # acting and env.step alone
             log_step, log_time, env_time, env_steps_logged = step, now, 0.0, 0
-            for name, value in [("losses/vf_loss", vf_loss), ("losses/actor_loss", actor_loss), ("losses/qf_loss", qf_loss),
-                                ("values/q", q_mean), ("values/v", v_mean), ("values/advantage", adv_mean),
-                                ("charts/SPS", updates_per_s), ("charts/updates_per_s", updates_per_s),
-                                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"])]:
+            for name, value in [
+                ("losses/vf_loss", vf_loss),
+                ("losses/actor_loss", actor_loss),
+                ("losses/qf_loss", qf_loss),
+                ("values/q", q_mean),
+                ("values/v", v_mean),
+                ("values/advantage", adv_mean),
+                ("charts/SPS", updates_per_s),
+                ("charts/updates_per_s", updates_per_s),
+                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"]),
+            ]:
                 writer.add_scalar(name, value, step)
             if step > args.offline_steps:
                 writer.add_scalar("charts/env_steps_per_s", env_steps_per_s, step)

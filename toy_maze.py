@@ -248,8 +248,7 @@ if __name__ == "__main__":
     run_name = f"{ENV_ID}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]),
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])
     )
 
     # TRY NOT TO MODIFY: seeding

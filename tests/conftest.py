@@ -26,8 +26,16 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 os.environ.update(SINGLE_THREAD)  # for every subprocess, those started with Popen too
 torch.set_num_threads(1)
 
-ANTMAZE_MEDIUM = [[1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
-                  [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1]]
+ANTMAZE_MEDIUM = [
+    [1, 1, 1, 1, 1, 1, 1, 1],
+    [1, 0, 0, 1, 1, 0, 0, 1],
+    [1, 0, 0, 1, 0, 0, 0, 1],
+    [1, 1, 0, 0, 0, 1, 1, 1],
+    [1, 0, 0, 1, 0, 0, 0, 1],
+    [1, 0, 1, 0, 0, 1, 0, 1],
+    [1, 0, 0, 0, 1, 0, 0, 1],
+    [1, 1, 1, 1, 1, 1, 1, 1],
+]
 
 
 def _with_cells(maze, cells):
@@ -43,24 +51,57 @@ U_MAZE = [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1
 # (env id, max_episode_steps, kwargs) of the data env and the eval env, as in Minari's remote metadata.
 SPECS = {
     "D4RL/antmaze/medium-diverse-v1": (
-        ("AntMaze_Medium_Diverse_GR-v4", 1000, dict(
-            maze_map=_with_cells(ANTMAZE_MEDIUM, {(1, 1): "c", (2, 6): "c", (5, 1): "c", (6, 5): "c"}),
-            reward_type="sparse", continuing_task=True, reset_target=False)),
-        ("AntMaze_Medium_Diverse_GR-v4", 1000, dict(
-            maze_map=_with_cells(ANTMAZE_MEDIUM, {(1, 1): "r", (6, 6): "g"}),
-            reward_type="sparse", continuing_task=True, reset_target=False)),
+        (
+            "AntMaze_Medium_Diverse_GR-v4",
+            1000,
+            dict(
+                maze_map=_with_cells(ANTMAZE_MEDIUM, {(1, 1): "c", (2, 6): "c", (5, 1): "c", (6, 5): "c"}),
+                reward_type="sparse",
+                continuing_task=True,
+                reset_target=False,
+            ),
+        ),
+        (
+            "AntMaze_Medium_Diverse_GR-v4",
+            1000,
+            dict(
+                maze_map=_with_cells(ANTMAZE_MEDIUM, {(1, 1): "r", (6, 6): "g"}),
+                reward_type="sparse",
+                continuing_task=True,
+                reset_target=False,
+            ),
+        ),
     ),
     "D4RL/antmaze/umaze-v1": (
-        ("AntMaze_UMaze-v4", 700, dict(maze_map=_with_cells(U_MAZE, {(1, 1): "g", (3, 1): "r"}),
-                                        reward_type="sparse", continuing_task=True, reset_target=False)),
+        (
+            "AntMaze_UMaze-v4",
+            700,
+            dict(
+                maze_map=_with_cells(U_MAZE, {(1, 1): "g", (3, 1): "r"}),
+                reward_type="sparse",
+                continuing_task=True,
+                reset_target=False,
+            ),
+        ),
         # Minari's umaze eval env has the mirrored map (the quirk SPEC §4 names); kept as it is remotely.
-        ("AntMaze_UMaze-v4", 700, dict(maze_map=_with_cells(U_MAZE, {(1, 3): "r", (3, 3): "g"}),
-                                        reward_type="sparse", continuing_task=True, reset_target=False)),
+        (
+            "AntMaze_UMaze-v4",
+            700,
+            dict(
+                maze_map=_with_cells(U_MAZE, {(1, 3): "r", (3, 3): "g"}),
+                reward_type="sparse",
+                continuing_task=True,
+                reset_target=False,
+            ),
+        ),
     ),
     "D4RL/pointmaze/umaze-v2": (
         ("PointMaze_UMaze-v3", 1000000, dict(maze_map=U_MAZE, reward_type="sparse", continuing_task=True, reset_target=True)),
-        ("PointMaze_UMaze-v3", 300, dict(maze_map=_with_cells(U_MAZE, {(1, 1): "g"}), reward_type="sparse",
-                                         continuing_task=True, reset_target=False)),
+        (
+            "PointMaze_UMaze-v3",
+            300,
+            dict(maze_map=_with_cells(U_MAZE, {(1, 1): "g"}), reward_type="sparse", continuing_task=True, reset_target=False),
+        ),
     ),
     "mujoco/hopper/medium-v0": (("Hopper-v5", 1000, {}), None),
     "D4RL/pen/human-v2": (("AdroitHandPen-v1", 200, dict(reward_type="dense")), None),
@@ -83,9 +124,13 @@ def _stack(obs_list):
 def _buffer(obs, actions, rewards, terminations, truncations):
     from minari.data_collector import EpisodeBuffer
 
-    return EpisodeBuffer(observations=_stack(obs), actions=np.asarray(actions, dtype=np.float32),
-                         rewards=np.asarray(rewards, dtype=np.float64), terminations=np.asarray(terminations),
-                         truncations=np.asarray(truncations))
+    return EpisodeBuffer(
+        observations=_stack(obs),
+        actions=np.asarray(actions, dtype=np.float32),
+        rewards=np.asarray(rewards, dtype=np.float64),
+        terminations=np.asarray(terminations),
+        truncations=np.asarray(truncations),
+    )
 
 
 def random_episodes(env, n_episodes, seed, max_len=None):
@@ -154,9 +199,15 @@ def write_dataset(dataset_id, episodes):
     data_spec, eval_spec = SPECS[dataset_id]
     env = make_env(data_spec)
     eval_env = make_env(eval_spec) if eval_spec else None
-    minari.create_dataset_from_buffers(dataset_id, episodes, env=env.spec, eval_env=eval_env.spec if eval_env else None,
-                                       algorithm_name="tests/conftest.py", description="small local test dataset",
-                                       data_format="hdf5")
+    minari.create_dataset_from_buffers(
+        dataset_id,
+        episodes,
+        env=env.spec,
+        eval_env=eval_env.spec if eval_env else None,
+        algorithm_name="tests/conftest.py",
+        description="small local test dataset",
+        data_format="hdf5",
+    )
     if dataset_id in REF_SCORES:
         ds = minari.load_dataset(dataset_id)
         ds.storage.update_metadata(dict(zip(["ref_min_score", "ref_max_score"], REF_SCORES[dataset_id])))
@@ -187,8 +238,16 @@ def minari_root(tmp_path_factory):
 
 def run_script(script, *args, cwd, timeout=600, check=True, env=None):
     """Run `python <script> args...` from `cwd` and return the CompletedProcess (stdout and stderr as text)."""
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **SINGLE_THREAD, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **SINGLE_THREAD, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
     return proc

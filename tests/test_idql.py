@@ -20,8 +20,20 @@ from conftest import run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "idql.py"
 # Small budgets: a few steps of every update, two evaluation episodes, N = 8 samples per state.
-TINY = ["--critic-batch-size", "64", "--actor-batch-size", "64", "--num-samples", "8", "--eval-episodes", "2",
-        "--log-interval", "5", "--checkpoint-interval", "10"]
+TINY = [
+    "--critic-batch-size",
+    "64",
+    "--actor-batch-size",
+    "64",
+    "--num-samples",
+    "8",
+    "--eval-episodes",
+    "2",
+    "--log-interval",
+    "5",
+    "--checkpoint-interval",
+    "10",
+]
 
 
 def load_script():
@@ -165,8 +177,12 @@ def test_sample_batch_keeps_each_transition_whole(idql):
 def fake_episode(achieved, actions, rewards=None):
     n = len(actions)
     obs = dict(observation=np.arange(2 * (n + 1), dtype=np.float32).reshape(n + 1, 2), achieved_goal=np.asarray(achieved))
-    return SimpleNamespace(observations=obs, actions=np.asarray(actions, np.float32), terminations=np.zeros(n, bool),
-                           rewards=np.zeros(n) if rewards is None else np.asarray(rewards))
+    return SimpleNamespace(
+        observations=obs,
+        actions=np.asarray(actions, np.float32),
+        terminations=np.zeros(n, bool),
+        rewards=np.zeros(n) if rewards is None else np.asarray(rewards),
+    )
 
 
 def test_transitions_rescale_actions_and_relabel_dense_mazes(idql):
@@ -278,8 +294,10 @@ def test_bandit_diffusion_argmax_finds_the_best_cluster_awr_gaussian_does_not(id
     gaussian = torch.distributions.Normal(mean.detach(), log_std.exp().detach()).sample((10000,)).clamp(-1, 1)
     awr_in_best = ((gaussian - CENTRES[2]).norm(dim=1) <= RADIUS).float().mean().item()
     awr_in_any = ((gaussian[:, None] - CENTRES[None]).norm(dim=-1).min(1).values <= RADIUS).float().mean().item()
-    print(f"bandit: diffusion+argmax in best cluster {diffusion_in_best:.3f}; AWR Gaussian in best cluster {awr_in_best:.3f}, "
-          f"in any cluster {awr_in_any:.3f}, mean {mean.detach().numpy().round(3)} (best centre {CENTRES[2].numpy()})")
+    print(
+        f"bandit: diffusion+argmax in best cluster {diffusion_in_best:.3f}; AWR Gaussian in best cluster {awr_in_best:.3f}, "
+        f"in any cluster {awr_in_any:.3f}, mean {mean.detach().numpy().round(3)} (best centre {CENTRES[2].numpy()})"
+    )
     assert diffusion_in_best >= 0.9
     assert awr_in_best < 0.5 and (mean.detach() - CENTRES[2]).norm() > RADIUS  # mostly outside the best cluster
 
@@ -302,8 +320,22 @@ def event_tags(run_dir):
 @pytest.fixture(scope="module")
 def pointmaze_run(minari_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("idql_pointmaze")
-    proc = run_script("idql.py", "--env-id", "maze2d-umaze-v1", "--critic-steps", "20", "--actor-steps", "20",
-                      "--eval-interval", "10", "--seed", "7", *TINY, cwd=cwd, timeout=300)
+    proc = run_script(
+        "idql.py",
+        "--env-id",
+        "maze2d-umaze-v1",
+        "--critic-steps",
+        "20",
+        "--actor-steps",
+        "20",
+        "--eval-interval",
+        "10",
+        "--seed",
+        "7",
+        *TINY,
+        cwd=cwd,
+        timeout=300,
+    )
     (run_dir,) = (cwd / "runs").iterdir()
     return proc, run_dir
 
@@ -316,14 +348,40 @@ def test_smoke_pointmaze(pointmaze_run):
     assert len(lines) == 2 and lines[-1].startswith("step       20/20 | score ") and "updates/s | ETA" in lines[-1]
     assert {p.name for p in run_dir.glob("*.pt")} == {"checkpoint_10.pt", "checkpoint_20.pt"}
     tags = event_tags(run_dir)
-    assert {"losses/vf_loss", "losses/qf_loss", "losses/actor_loss", "values/q", "values/v", "values/advantage",
-            "charts/SPS", "charts/learning_rate", "eval/return", "eval/normalized_score", "eval/success_rate"} <= tags
+    assert {
+        "losses/vf_loss",
+        "losses/qf_loss",
+        "losses/actor_loss",
+        "values/q",
+        "values/v",
+        "values/advantage",
+        "charts/SPS",
+        "charts/learning_rate",
+        "eval/return",
+        "eval/normalized_score",
+        "eval/success_rate",
+    } <= tags
 
 
 def test_smoke_antmaze_quantile_implicit(minari_root, tmp_path):
-    proc = run_script("idql.py", "--env-id", "antmaze-medium-diverse-v2", "--critic-loss", "quantile",
-                      "--selection", "implicit",
-                      "--critic-steps", "10", "--actor-steps", "6", "--eval-interval", "10", *TINY, cwd=tmp_path, timeout=300)
+    proc = run_script(
+        "idql.py",
+        "--env-id",
+        "antmaze-medium-diverse-v2",
+        "--critic-loss",
+        "quantile",
+        "--selection",
+        "implicit",
+        "--critic-steps",
+        "10",
+        "--actor-steps",
+        "6",
+        "--eval-interval",
+        "10",
+        *TINY,
+        cwd=tmp_path,
+        timeout=300,
+    )
     print("\n".join(eval_lines(proc.stdout)))
     assert "quantile=0.8" in proc.stdout and "(antmaze, 600 transitions, obs 29, act 8)" in proc.stdout
     assert len(eval_lines(proc.stdout)) == 1 and "score " in eval_lines(proc.stdout)[0]
@@ -335,13 +393,15 @@ def test_smoke_antmaze_quantile_implicit(minari_root, tmp_path):
 
 def test_eval_only(pointmaze_run, tmp_path):
     _, run_dir = pointmaze_run
-    proc = run_script("idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "3", "--num-samples", "4",
-                      cwd=tmp_path)
+    proc = run_script(
+        "idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "3", "--num-samples", "4", cwd=tmp_path
+    )
     assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | N 4 argmax | score " in proc.stdout
     assert not (tmp_path / "runs").exists()
     assert proc.stdout.rstrip().endswith("| seed 7")  # the checkpoint's settings are the defaults, its seed included
-    proc = run_script("idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "1", "--seed", "3",
-                      cwd=tmp_path)
+    proc = run_script(
+        "idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "1", "--seed", "3", cwd=tmp_path
+    )
     assert "episodes 1 | N 8 argmax" in proc.stdout and proc.stdout.rstrip().endswith("| seed 3")  # flags override them
 
 
@@ -367,9 +427,25 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-loss", "exponential",
-             "--critic-steps", "20", "--actor-steps", "16",
-             "--eval-interval", "100", "--eval-episodes", "1", *TINY[:6], "--log-interval", "5", "--checkpoint-interval", "10"]
+    flags = [
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--critic-loss",
+        "exponential",
+        "--critic-steps",
+        "20",
+        "--actor-steps",
+        "16",
+        "--eval-interval",
+        "100",
+        "--eval-episodes",
+        "1",
+        *TINY[:6],
+        "--log-interval",
+        "5",
+        "--checkpoint-interval",
+        "10",
+    ]
     run_script("idql.py", *flags, cwd=straight)
     (run_dir,) = (straight / "runs").iterdir()
     shutil.copy(run_dir / "checkpoint_10.pt", resumed / "checkpoint_10.pt")
@@ -383,10 +459,26 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
 
 
 def test_ctrl_c_writes_a_checkpoint(minari_root, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "D4RL/pointmaze/umaze-v2", "--critic-steps", "100000",
-                             "--actor-steps", "100000", *TINY[:6], "--checkpoint-interval", "100000"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--env-id",
+            "D4RL/pointmaze/umaze-v2",
+            "--critic-steps",
+            "100000",
+            "--actor-steps",
+            "100000",
+            *TINY[:6],
+            "--checkpoint-interval",
+            "100000",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for line in proc.stdout:  # the hyperparameter line comes right before the loop starts
         if line.startswith("  exp_name="):
             break
@@ -422,29 +514,47 @@ def test_d4rl_locomotion_name_points_to_minari(minari_root, tmp_path):
 
 
 def test_dataset_absent_offline(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "antmaze-large-play-v2",
-                 expect=["cannot load Minari dataset 'D4RL/antmaze/large-play-v1'", "minari download"])
+    assert_fails(
+        tmp_path,
+        "--env-id",
+        "antmaze-large-play-v2",
+        expect=["cannot load Minari dataset 'D4RL/antmaze/large-play-v1'", "minari download"],
+    )
 
 
 def test_bad_hyperparameter(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", "--expectile", "1.5",
-                 expect=["--expectile must be in (0, 1)"])
+    assert_fails(
+        tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", "--expectile", "1.5", expect=["--expectile must be in (0, 1)"]
+    )
 
 
 def test_hyperparameter_of_another_critic_loss(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", "--quantile", "0.7",
-                 expect=["--quantile belongs to --critic-loss quantile", "not expectile"])
+    assert_fails(
+        tmp_path,
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--quantile",
+        "0.7",
+        expect=["--quantile belongs to --critic-loss quantile", "not expectile"],
+    )
 
 
 def test_batch_larger_than_dataset(minari_root, tmp_path):
-    assert_fails(tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--actor-batch-size", "5000",
-                 expect=["exceed the dataset", "600"])
+    assert_fails(
+        tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--actor-batch-size", "5000", expect=["exceed the dataset", "600"]
+    )
 
 
 def test_checkpoint_from_another_dataset(pointmaze_run, tmp_path):
     _, run_dir = pointmaze_run
-    assert_fails(tmp_path, "--resume", run_dir / "checkpoint_10.pt", "--env-id", "D4RL/antmaze/umaze-v1",
-                 expect=["trained on 'D4RL/pointmaze/umaze-v2'", "drop --env-id"])
+    assert_fails(
+        tmp_path,
+        "--resume",
+        run_dir / "checkpoint_10.pt",
+        "--env-id",
+        "D4RL/antmaze/umaze-v1",
+        expect=["trained on 'D4RL/pointmaze/umaze-v2'", "drop --env-id"],
+    )
 
 
 def test_corrupt_checkpoint(minari_root, tmp_path):
@@ -459,9 +569,24 @@ def test_checkpoint_of_another_script(minari_root, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, tmp_path):
     # a learning rate of 1e30 puts weights at ~1e30 after one Adam step; the next forward pass overflows
-    proc = run_script("idql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--critic-lr", "1e30", "--critic-steps", "50",
-                      "--actor-steps", "50", *TINY[:6], "--log-interval", "1", "--checkpoint-interval", "1",
-                      cwd=tmp_path, check=False)
+    proc = run_script(
+        "idql.py",
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--critic-lr",
+        "1e30",
+        "--critic-steps",
+        "50",
+        "--actor-steps",
+        "50",
+        *TINY[:6],
+        "--log-interval",
+        "1",
+        "--checkpoint-interval",
+        "1",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "non-finite loss by step" in proc.stderr
     kept = proc.stderr.split("the last good checkpoint is ")[1].split(".pt")[0] + ".pt"
     step = int(kept.rsplit("_", 1)[1][:-3])

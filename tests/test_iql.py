@@ -33,7 +33,9 @@ def test_expectile_loss_is_asymmetric():
     assert iql.expectile_loss(torch.tensor([2.0, -2.0]), 0.9).item() == pytest.approx(2.0)
     assert iql.expectile_loss(torch.tensor([1.0, -3.0]), 0.9).item() == pytest.approx(0.9)
     # under-estimating V (u > 0) costs 9× more than over-estimating it by the same amount at τ = 0.9
-    assert iql.expectile_loss(torch.tensor([1.0]), 0.9).item() == pytest.approx(9 * iql.expectile_loss(torch.tensor([-1.0]), 0.9).item())
+    assert iql.expectile_loss(torch.tensor([1.0]), 0.9).item() == pytest.approx(
+        9 * iql.expectile_loss(torch.tensor([-1.0]), 0.9).item()
+    )
 
 
 def test_expectile_loss_minimiser_is_the_expectile():
@@ -100,10 +102,18 @@ def test_polyak_update_is_a_running_average_outside_autograd():
 def episode(achieved, terminations, truncations, rewards=None):
     n = len(terminations)
     achieved = np.asarray(achieved, dtype=np.float64)
-    obs = dict(achieved_goal=achieved, observation=np.arange(len(achieved) * 3, dtype=np.float64).reshape(-1, 3),
-               desired_goal=np.zeros_like(achieved))
-    return SimpleNamespace(observations=obs, actions=np.full((n, 2), 1.0), rewards=np.asarray(rewards or [0.0] * n),
-                           terminations=np.asarray(terminations), truncations=np.asarray(truncations))
+    obs = dict(
+        achieved_goal=achieved,
+        observation=np.arange(len(achieved) * 3, dtype=np.float64).reshape(-1, 3),
+        desired_goal=np.zeros_like(achieved),
+    )
+    return SimpleNamespace(
+        observations=obs,
+        actions=np.full((n, 2), 1.0),
+        rewards=np.asarray(rewards or [0.0] * n),
+        terminations=np.asarray(terminations),
+        truncations=np.asarray(truncations),
+    )
 
 
 def test_masks_come_from_terminations_not_truncations():
@@ -129,8 +139,9 @@ def test_dense_relabelling_and_action_rescaling():
     achieved = [[0.0, 0.0], [3.0, 0.0], [4.2, 0.0]]
     ep = episode(achieved, [False] * 2, [False, True])
     ep.actions = np.array([[3.0, -3.0], [0.0, 1.5]])
-    _, actions, rewards, _, masks = iql.episode_transitions(ep, "pointmaze", np.array([4.0, 0.0]), dense=True,
-                                                            action_scale=(np.full(2, -3.0), np.full(2, 3.0)))
+    _, actions, rewards, _, masks = iql.episode_transitions(
+        ep, "pointmaze", np.array([4.0, 0.0]), dense=True, action_scale=(np.full(2, -3.0), np.full(2, 3.0))
+    )
     assert rewards.tolist() == pytest.approx([math.exp(-1.0), math.exp(-0.2)]) and masks.tolist() == [1.0, 0.0]
     assert actions.ravel().tolist() == pytest.approx([1 - 1e-5, -1 + 1e-5, 0.0, 0.5])
 
@@ -152,9 +163,16 @@ def test_dataset_ids():
     assert iql.resolve_dataset_id("relocate-cloned-v1") == "D4RL/relocate/cloned-v2"
     assert iql.resolve_dataset_id("mujoco/walker2d/simple-v0") == "mujoco/walker2d/simple-v0"
     assert iql.resolve_dataset_id("my/own/data-v0", local_ids={"my/own/data-v0"}) == "my/own/data-v0"
-    assert [iql.domain_of(d) for d in ["D4RL/antmaze/umaze-v1", "D4RL/pointmaze/open-v2", "D4RL/door/human-v2",
-                                       "D4RL/kitchen/mixed-v2", "mujoco/hopper/medium-v0"]] == \
-        ["antmaze", "pointmaze", "adroit", "kitchen", "locomotion"]
+    assert [
+        iql.domain_of(d)
+        for d in [
+            "D4RL/antmaze/umaze-v1",
+            "D4RL/pointmaze/open-v2",
+            "D4RL/door/human-v2",
+            "D4RL/kitchen/mixed-v2",
+            "mujoco/hopper/medium-v0",
+        ]
+    ] == ["antmaze", "pointmaze", "adroit", "kitchen", "locomotion"]
 
 
 # ---------------------------------------------------------------------------------------------- real runs
@@ -172,23 +190,49 @@ def only_run_dir(runs):
     return dirs[0]
 
 
-@pytest.mark.parametrize("env_id, domain, obs_dim", [
-    ("antmaze-medium-diverse-v0", "antmaze", 29),
-    ("D4RL/pointmaze/umaze-v2", "pointmaze", 4),
-    ("mujoco/hopper/medium-v0", "locomotion", 11),
-    ("pen-human-v1", "adroit", 45),
-])
+@pytest.mark.parametrize(
+    "env_id, domain, obs_dim",
+    [
+        ("antmaze-medium-diverse-v0", "antmaze", 29),
+        ("D4RL/pointmaze/umaze-v2", "pointmaze", 4),
+        ("mujoco/hopper/medium-v0", "locomotion", 11),
+        ("pen-human-v1", "adroit", 45),
+    ],
+)
 def test_smoke_run_writes_events_checkpoint_and_evaluation(minari_root, tmp_path, env_id, domain, obs_dim):
-    proc = run_script("iql.py", "--env-id", env_id, "--total-steps", 60, "--eval-interval", 30, "--eval-episodes", 2,
-                      "--checkpoint-interval", 30, *TINY, cwd=tmp_path)
+    proc = run_script(
+        "iql.py",
+        "--env-id",
+        env_id,
+        "--total-steps",
+        60,
+        "--eval-interval",
+        30,
+        "--eval-episodes",
+        2,
+        "--checkpoint-interval",
+        30,
+        *TINY,
+        cwd=tmp_path,
+    )
     assert f"({domain}," in proc.stdout and f"obs {obs_dim}," in proc.stdout
     lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
     assert [line.split("|")[0].split()[1] for line in lines] == ["30/60", "60/60"]
     assert "updates/s" in lines[-1] and "ETA" in lines[-1]
     run_dir = only_run_dir(tmp_path / "runs")
     scalars = events(run_dir)
-    for tag in ["losses/qf_loss", "losses/vf_loss", "losses/actor_loss", "values/q", "values/v", "values/advantage",
-                "charts/SPS", "charts/learning_rate", "eval/return", "eval/success_rate"]:
+    for tag in [
+        "losses/qf_loss",
+        "losses/vf_loss",
+        "losses/actor_loss",
+        "values/q",
+        "values/v",
+        "values/advantage",
+        "charts/SPS",
+        "charts/learning_rate",
+        "eval/return",
+        "eval/success_rate",
+    ]:
         assert tag in scalars, tag
     assert [s for s, _ in scalars["losses/qf_loss"]] == [10, 20, 30, 40, 50, 60]
     assert all(np.isfinite(v) for _, v in scalars["losses/qf_loss"])
@@ -225,8 +269,19 @@ def final_params(path):
 
 
 def test_resume_in_the_middle_equals_a_straight_run(minari_root, tmp_path):
-    args = ["--env-id", "pen-human-v1", "--total-steps", 80, "--eval-interval", 40, "--eval-episodes", 1,
-            "--checkpoint-interval", 40, *TINY]  # pen's actor has dropout: its RNG state must survive the resume too
+    args = [
+        "--env-id",
+        "pen-human-v1",
+        "--total-steps",
+        80,
+        "--eval-interval",
+        40,
+        "--eval-episodes",
+        1,
+        "--checkpoint-interval",
+        40,
+        *TINY,
+    ]  # pen's actor has dropout: its RNG state must survive the resume too
     (tmp_path / "a").mkdir()
     run_script("iql.py", *args, cwd=tmp_path / "a")
     straight = only_run_dir(tmp_path / "a" / "runs")
@@ -237,7 +292,10 @@ def test_resume_in_the_middle_equals_a_straight_run(minari_root, tmp_path):
     assert "resuming run" in proc.stdout and "step       80/80" in proc.stdout
     a, b = final_params(straight / "checkpoint_80.pt"), final_params(resumed_dir / "checkpoint_80.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = torch.load(straight / "checkpoint_80.pt", weights_only=True), torch.load(resumed_dir / "checkpoint_80.pt", weights_only=True)
+    sa, sb = (
+        torch.load(straight / "checkpoint_80.pt", weights_only=True),
+        torch.load(resumed_dir / "checkpoint_80.pt", weights_only=True),
+    )
     assert sa["actor_scheduler"] == sb["actor_scheduler"] and torch.equal(sa["rng_cpu"], sb["rng_cpu"])
     assert torch.equal(sa["actor_optimizer"]["state"][0]["exp_avg"], sb["actor_optimizer"]["state"][0]["exp_avg"])
     # the resumed run's later events continue the same tensorboard run
@@ -245,11 +303,27 @@ def test_resume_in_the_middle_equals_a_straight_run(minari_root, tmp_path):
 
 
 def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minari_root, tmp_path):
-    args = ["--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 600, "--eval-interval", 600, "--eval-episodes", 1,
-            "--checkpoint-interval", 10_000, *TINY]
+    args = [
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--total-steps",
+        600,
+        "--eval-interval",
+        600,
+        "--eval-episodes",
+        1,
+        "--checkpoint-interval",
+        10_000,
+        *TINY,
+    ]
     run_script("iql.py", *args, "--runs-dir", tmp_path / "straight", cwd=tmp_path)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "iql.py"), *map(str, args), "--runs-dir", str(tmp_path / "int")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "iql.py"), *map(str, args), "--runs-dir", str(tmp_path / "int")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "int").exists() or not list((tmp_path / "int").glob("*/events*")):
         assert time.time() < deadline and proc.poll() is None
@@ -269,8 +343,19 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minar
 
 
 def test_eval_only_from_a_checkpoint(minari_root, tmp_path):
-    run_script("iql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 20, "--eval-interval", 20,
-               "--eval-episodes", 1, *TINY, cwd=tmp_path)
+    run_script(
+        "iql.py",
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--total-steps",
+        20,
+        "--eval-interval",
+        20,
+        "--eval-episodes",
+        1,
+        *TINY,
+        cwd=tmp_path,
+    )
     ckpt = next((tmp_path / "runs").glob("*/checkpoint_20.pt"))
     proc = run_script("iql.py", "--eval-only", ckpt, "--eval-episodes", 3, cwd=tmp_path)
     assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | score" in proc.stdout
@@ -304,12 +389,15 @@ def test_missing_dataset_offline_says_how_to_get_it(minari_root, tmp_path):
     assert str(minari_root) in msg
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--expectile", "1.0", "--expectile must be in (0, 1)"),
-    ("--expectile", "0", "--expectile must be in (0, 1)"),
-    ("--temperature", "0", "--temperature must be > 0"),
-    ("--temperature", "-3", "--temperature must be > 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--expectile", "1.0", "--expectile must be in (0, 1)"),
+        ("--expectile", "0", "--expectile must be in (0, 1)"),
+        ("--temperature", "0", "--temperature must be > 0"),
+        ("--temperature", "-3", "--temperature must be > 0"),
+    ],
+)
 def test_bad_hyperparameters(minari_root, tmp_path, flag, value, expected):
     assert expected in error_of(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", flag, value)
 
@@ -329,19 +417,58 @@ def test_corrupt_checkpoint(minari_root, tmp_path):
 
 
 def test_resume_refuses_a_changed_hyperparameter_and_another_dataset(minari_root, tmp_path):
-    run_script("iql.py", "--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 10, "--eval-interval", 10,
-               "--eval-episodes", 1, *TINY, "--runs-dir", tmp_path / "first", cwd=tmp_path)
+    run_script(
+        "iql.py",
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--total-steps",
+        10,
+        "--eval-interval",
+        10,
+        "--eval-episodes",
+        1,
+        *TINY,
+        "--runs-dir",
+        tmp_path / "first",
+        cwd=tmp_path,
+    )
     ckpt = next((tmp_path / "first").glob("*/checkpoint_10.pt"))
     assert "--expectile cannot change when resuming" in error_of(tmp_path, "--resume", ckpt, "--expectile", "0.6")
-    assert "trained on 'D4RL/pointmaze/umaze-v2'" in error_of(tmp_path, "--resume", ckpt, "--env-id", "mujoco/hopper/medium-v0")
+    assert "trained on 'D4RL/pointmaze/umaze-v2'" in error_of(
+        tmp_path, "--resume", ckpt, "--env-id", "mujoco/hopper/medium-v0"
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, tmp_path):
     # exp(advantage) overflows once Q has learnt pen's large dense rewards: with the clip lifted to 3e38, the actor loss
     # becomes inf after some hundred steps
-    proc = run_script("iql.py", "--env-id", "pen-human-v1", "--total-steps", 2000, "--batch-size", "32", "--log-interval", 1,
-                      "--checkpoint-interval", 10, "--eval-interval", 10_000, "--eval-episodes", 1, "--temperature", 20,
-                      "--exp-adv-max", "3e38", "--critic-lr", "3e-3", "--value-lr", "3e-3", cwd=tmp_path, check=False)
+    proc = run_script(
+        "iql.py",
+        "--env-id",
+        "pen-human-v1",
+        "--total-steps",
+        2000,
+        "--batch-size",
+        "32",
+        "--log-interval",
+        1,
+        "--checkpoint-interval",
+        10,
+        "--eval-interval",
+        10_000,
+        "--eval-episodes",
+        1,
+        "--temperature",
+        20,
+        "--exp-adv-max",
+        "3e38",
+        "--critic-lr",
+        "3e-3",
+        "--value-lr",
+        "3e-3",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0
     msg = proc.stderr.strip().splitlines()[-1]
     assert "non-finite loss by step" in msg and "the last good checkpoint is" in msg, msg
@@ -369,13 +496,31 @@ def test_iql_learns_pointmaze_and_relabelling_is_what_makes_it_learn(minari_root
     rewards belong to each episode's goal, not to the eval goal, and never terminate."""
     import minari
 
-    budget = ["--env-id", "D4RL/pointmaze/umaze-v2", "--total-steps", 20_000, "--eval-interval", 20_000,
-              "--eval-episodes", 100, "--hidden-dim", 64, "--no-save-model"]
+    budget = [
+        "--env-id",
+        "D4RL/pointmaze/umaze-v2",
+        "--total-steps",
+        20_000,
+        "--eval-interval",
+        20_000,
+        "--eval-episodes",
+        100,
+        "--hidden-dim",
+        64,
+        "--no-save-model",
+    ]
     relabelled = success_of(run_script("iql.py", *budget, cwd=tmp_path).stdout)
     minari_rewards = success_of(run_script("iql.py", *budget, "--no-relabel", cwd=tmp_path).stdout)
     ds = minari.load_dataset("D4RL/pointmaze/umaze-v2")
-    random_policy = iql.evaluate(RandomActor(), lambda: iql.make_eval_env(ds, ds.id, "pointmaze"), 100, 1 + 100_000,
-                                 "pointmaze", "cpu", (np.full(2, -1.0), np.full(2, 1.0)))["successes"].mean()
+    random_policy = iql.evaluate(
+        RandomActor(),
+        lambda: iql.make_eval_env(ds, ds.id, "pointmaze"),
+        100,
+        1 + 100_000,
+        "pointmaze",
+        "cpu",
+        (np.full(2, -1.0), np.full(2, 1.0)),
+    )["successes"].mean()
     print(f"success: relabelled {relabelled:.2f}, Minari's rewards {minari_rewards:.2f}, random {random_policy:.2f}")
     # measured at this budget: seed 1 (this test) 0.60–0.78, seeds 2–3 0.93–0.98; random 0.20; Minari's rewards 0.00
     assert relabelled >= 0.5

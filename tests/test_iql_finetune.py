@@ -53,10 +53,16 @@ def eval_lines(stdout):
 
 # --- functions ---------------------------------------------------------------------------------------------------------
 
+
 def rows(values, obs_dim=2, act_dim=1):
     v = np.asarray(values, np.float32)
-    return (np.repeat(v[:, None], obs_dim, 1), np.repeat(v[:, None], act_dim, 1), v, v[:, None].repeat(obs_dim, 1) + 0.5,
-            np.ones_like(v))
+    return (
+        np.repeat(v[:, None], obs_dim, 1),
+        np.repeat(v[:, None], act_dim, 1),
+        v,
+        v[:, None].repeat(obs_dim, 1) + 0.5,
+        np.ones_like(v),
+    )
 
 
 def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
@@ -175,14 +181,36 @@ TINY = ["--batch-size", "64", "--hidden-dim", "64", "--eval-episodes", "5"]
 
 
 def test_smoke_offline_then_online(minari_root, tmp_path):
-    proc = run_script("iql_finetune.py", "--env-id", POINTMAZE, "--offline-steps", 300, "--online-steps", 300,
-                      "--eval-interval", 200, "--log-interval", 100, "--checkpoint-interval", 200, *TINY, cwd=tmp_path)
+    proc = run_script(
+        "iql_finetune.py",
+        "--env-id",
+        POINTMAZE,
+        "--offline-steps",
+        300,
+        "--online-steps",
+        300,
+        "--eval-interval",
+        200,
+        "--log-interval",
+        100,
+        "--checkpoint-interval",
+        200,
+        *TINY,
+        cwd=tmp_path,
+    )
     assert "30000 transitions" in proc.stdout and "300 offline + 300 online steps" in proc.stdout
     assert [s for s, _, _ in eval_lines(proc.stdout)] == [200, 300, 400, 600]  # after the offline phase, then on interval
     assert re.search(r"online 300/300 .*updates/s .*env steps/s", proc.stdout)
     run_dir = only_run_dir(tmp_path)
-    for tag in ["eval/success_rate", "eval/normalized_score", "losses/qf_loss", "charts/updates_per_s",
-                "charts/env_steps_per_s", "charts/episodic_return", "charts/episodic_success"]:
+    for tag in [
+        "eval/success_rate",
+        "eval/normalized_score",
+        "losses/qf_loss",
+        "charts/updates_per_s",
+        "charts/env_steps_per_s",
+        "charts/episodic_return",
+        "charts/episodic_success",
+    ]:
         assert scalars(run_dir, tag), tag
     rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
     assert len(rates) == 6 and all(v == pytest.approx(3e-4) for v in rates)  # no decay in either phase
@@ -198,8 +226,21 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
 
 
 def test_antmaze_online_phase_uses_the_data_env_maze_and_the_relabelled_goal(minari_root, tmp_path):
-    run_script("iql_finetune.py", "--env-id", "antmaze-umaze-v0", "--offline-steps", 50, "--online-steps", 200,
-               "--eval-interval", 1000, "--eval-episodes", 2, *TINY[:4], cwd=tmp_path)
+    run_script(
+        "iql_finetune.py",
+        "--env-id",
+        "antmaze-umaze-v0",
+        "--offline-steps",
+        50,
+        "--online-steps",
+        200,
+        "--eval-interval",
+        1000,
+        "--eval-episodes",
+        2,
+        *TINY[:4],
+        cwd=tmp_path,
+    )
     ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint_250.pt"))[0], weights_only=True)
     online = ckpt["online_rows"].numpy()  # obs (29: x, y, then the ant) | action (8) | reward | next obs (29) | mask
     assert online.shape == (200, 68) and np.abs(online[:, 29:37]).max() <= 1
@@ -213,16 +254,30 @@ def test_antmaze_online_phase_uses_the_data_env_maze_and_the_relabelled_goal(min
 def iql_checkpoint(minari_root, tmp_path_factory):
     """A checkpoint of iql.py itself (200 steps on Hopper, expectile 0.8) and its final evaluation."""
     cwd = tmp_path_factory.mktemp("iql")
-    proc = run_script("iql.py", "--env-id", HOPPER, "--total-steps", 200, "--eval-interval", 200, "--checkpoint-interval", 200,
-                      "--expectile", 0.8, *TINY, cwd=cwd)
+    proc = run_script(
+        "iql.py",
+        "--env-id",
+        HOPPER,
+        "--total-steps",
+        200,
+        "--eval-interval",
+        200,
+        "--checkpoint-interval",
+        200,
+        "--expectile",
+        0.8,
+        *TINY,
+        cwd=cwd,
+    )
     (path,) = glob.glob(str(cwd / "runs" / "*" / "checkpoint_200.pt"))
     return path, eval_lines(proc.stdout)[-1]
 
 
 def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     path, (_, _, iql_return) = iql_checkpoint
-    proc = run_script("iql_finetune.py", "--load-model", path, "--online-steps", 200, "--eval-interval", 100, *TINY,
-                      cwd=tmp_path)
+    proc = run_script(
+        "iql_finetune.py", "--load-model", path, "--online-steps", 200, "--eval-interval", 100, *TINY, cwd=tmp_path
+    )
     assert "offline phase is skipped" in proc.stdout and "0 offline + 200 online steps" in proc.stdout
     evals = eval_lines(proc.stdout)
     assert [s for s, _, _ in evals] == [0, 100, 200]
@@ -257,8 +312,19 @@ def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
 
 
 def test_ctrl_c_in_the_online_phase_writes_a_checkpoint_with_the_buffer(minari_root, tmp_path):
-    cmd = [sys.executable, str(ROOT / "iql_finetune.py"), "--env-id", POINTMAZE, "--offline-steps", 100,
-           "--online-steps", 10**6, "--eval-interval", 10**6, *TINY]
+    cmd = [
+        sys.executable,
+        str(ROOT / "iql_finetune.py"),
+        "--env-id",
+        POINTMAZE,
+        "--offline-steps",
+        100,
+        "--online-steps",
+        10**6,
+        "--eval-interval",
+        10**6,
+        *TINY,
+    ]
     proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:
@@ -284,8 +350,9 @@ def test_bad_inputs(iql_checkpoint, tmp_path):
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         return proc.stderr.strip().splitlines()[-1]
 
-    assert "was trained on 'mujoco/hopper/medium-v0', not 'D4RL/pointmaze/umaze-v2'" in error("--load-model", path,
-                                                                                                "--env-id", POINTMAZE)
+    assert "was trained on 'mujoco/hopper/medium-v0', not 'D4RL/pointmaze/umaze-v2'" in error(
+        "--load-model", path, "--env-id", POINTMAZE
+    )
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint" * 10)
     assert "cannot read checkpoint" in error("--load-model", corrupt)
@@ -309,8 +376,23 @@ def test_online_fine_tuning_beats_the_offline_result_on_pointmaze(minari_root, t
     (success rate over 100 eval episodes, offline -> online): seed 1 0.04 -> 0.31, seed 2 0.07 -> 0.41, seed 3 0.01 -> 0.21;
     the margin asserted is half the smallest gain seen. Offline-only runs with the same 6000 updates reach 0.24, 0.32,
     0.19, and 6000 online steps (instead of 3000) reach 0.67, 0.88, 0.92."""
-    proc = run_script("iql_finetune.py", "--env-id", POINTMAZE, "--offline-steps", 3000, "--online-steps", 3000,
-                      "--eval-interval", 3000, "--eval-episodes", 100, "--no-save-model", "--seed", 1, cwd=tmp_path)
+    proc = run_script(
+        "iql_finetune.py",
+        "--env-id",
+        POINTMAZE,
+        "--offline-steps",
+        3000,
+        "--online-steps",
+        3000,
+        "--eval-interval",
+        3000,
+        "--eval-episodes",
+        100,
+        "--no-save-model",
+        "--seed",
+        1,
+        cwd=tmp_path,
+    )
     (offline_step, offline_success, _), (online_step, online_success, _) = eval_lines(proc.stdout)
     assert (offline_step, online_step) == (3000, 6000)
     assert online_success >= offline_success + 0.10, proc.stdout

@@ -29,7 +29,7 @@ def tm():
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """Fewer iterations with a larger Adam step than the authors' (1e-3, 100k): the tables still settle at their fixed point."""
+    """Fewer iterations with a larger Adam step than the authors' (1e-3, 100k): the tables still settle at their fixed point"""
     workdir = tmp_path_factory.mktemp("toy_maze_run")
     flags = ["--learning-rate", "1e-2", "--total-iterations", "10000", "--batch-size", "256", "--eval-episodes", "200"]
     flags += ["--expectiles", "0.5", "0.95", "--log-interval", "2000", "--seed", "1"]

@@ -470,24 +470,21 @@ if __name__ == "__main__":
     eval_env.close()
 
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout_rate).to(device)
-    eval_seed = args.seed + 100_000
+
+    def run_evaluation():
+        env_fn = lambda: make_eval_env(dataset, dataset_id, domain)  # noqa: E731
+        result = evaluate(actor, env_fn, args.eval_episodes, args.seed + 100_000, domain, device, action_scale)
+        score = score_of(result, domain, ref_scores)
+        summary = (
+            f"score {'n/a' if score is None else f'{score:.1f}':>6} | success {result['successes'].mean():.2f} | "
+            f"return {result['returns'].mean():9.2f}"
+        )
+        return result, score, summary
+
     if args.eval_only:
         actor.load_state_dict(ckpt["actor"])
-        result = evaluate(
-            actor,
-            lambda: make_eval_env(dataset, dataset_id, domain),
-            args.eval_episodes,
-            eval_seed,
-            domain,
-            device,
-            action_scale,
-        )
-        score = score_of(result, domain, ref_scores)
-        print(
-            f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
-            f"score {'n/a' if score is None else f'{score:.1f}'} | success {result['successes'].mean():.2f} | "
-            f"return {result['returns'].mean():.2f}"
-        )
+        summary = run_evaluation()[2]
+        print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | {summary}")
         raise SystemExit(0)
 
     data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
@@ -604,7 +601,7 @@ if __name__ == "__main__":
 
         is_eval = step % args.eval_interval == 0 or step == args.total_steps
         is_ckpt = args.save_model and step % args.checkpoint_interval == 0
-        if step % args.log_interval == 0 or is_eval or is_ckpt:
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # checked before any checkpoint
             vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
             if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
                 kept = (
@@ -632,37 +629,23 @@ if __name__ == "__main__":
             ]:
                 writer.add_scalar(name, value, step)
         if is_eval:
-            result = evaluate(
-                actor,
-                lambda: make_eval_env(dataset, dataset_id, domain),
-                args.eval_episodes,
-                eval_seed,
-                domain,
-                device,
-                action_scale,
-            )
-            score = score_of(result, domain, ref_scores)
+            result, score, summary = run_evaluation()
             writer.add_scalar("eval/return", result["returns"].mean(), step)
             writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
             if score is not None:
                 writer.add_scalar("eval/normalized_score", score, step)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
-            print(
-                f"step {step:>8}/{args.total_steps} | score {'n/a' if score is None else f'{score:.1f}':>6} | "
-                f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
-                f"{speed:6.0f} updates/s | ETA {eta}",
-                flush=True,
-            )
+            print(f"step {step:>8}/{args.total_steps} | {summary} | {speed:6.0f} updates/s | ETA {eta}", flush=True)
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt or (args.save_model and step == args.total_steps):
+        if is_ckpt or (args.save_model and (step == args.total_steps or stop_requested)):
             last_good_checkpoint = checkpoint(step)
         if stop_requested:
             break
 
-    if stop_requested and args.save_model:
-        path = checkpoint(step)
-        print(f"interrupted at step {step}; checkpoint written to {path}; continue with: python iql.py --resume {path}")
+    if stop_requested:
+        resume = f"continue with: python iql.py --resume {last_good_checkpoint}" if args.save_model else "--no-save-model"
+        print(f"interrupted at step {step}; {resume}")
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()

@@ -731,9 +731,6 @@ if __name__ == "__main__":
     critic_metrics, actor_loss = torch.full((5,), float("nan")), torch.tensor(float("nan"))
     train_time, log_time, log_step = 0.0, time.perf_counter(), start_step
     for step in range(start_step + 1, total_steps + 1):
-        if stop_requested:
-            step -= 1
-            break
         # ALGO LOGIC: critic and actor are independent; each runs for its own number of steps
         if step <= args.critic_steps:
             critic_metrics = critic_update(sample_batch(data, args.critic_batch_size))
@@ -742,7 +739,7 @@ if __name__ == "__main__":
 
         is_eval = step % args.eval_interval == 0 or step == total_steps
         is_ckpt = args.save_model and step % args.checkpoint_interval == 0
-        if step % args.log_interval == 0 or is_eval or is_ckpt:
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # checked before any checkpoint
             vf_loss, qf_loss, q_mean, v_mean, adv_mean = critic_metrics.tolist()
             losses = dict(vf_loss=vf_loss, qf_loss=qf_loss, actor_loss=actor_loss.item())
             current = [v for k, v in losses.items() if step <= (args.actor_steps if k == "actor_loss" else args.critic_steps)]
@@ -782,12 +779,14 @@ if __name__ == "__main__":
                 flush=True,
             )
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt or (args.save_model and step == total_steps):
+        if is_ckpt or (args.save_model and (step == total_steps or stop_requested)):
             last_good_checkpoint = checkpoint(step)
+        if stop_requested:
+            break
 
-    if stop_requested and args.save_model:
-        path = checkpoint(step)
-        print(f"interrupted at step {step}; checkpoint written to {path}; continue with: python idql.py --resume {path}")
+    if stop_requested:
+        resume = f"continue with: python idql.py --resume {last_good_checkpoint}" if args.save_model else "--no-save-model"
+        print(f"interrupted at step {step}; {resume}")
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()

@@ -713,9 +713,6 @@ if __name__ == "__main__":
     if start_step == 0 and args.offline_steps == 0:
         report(0, "before fine-tuning")  # the loaded model's offline score
     for step in range(start_step + 1, total_steps + 1):
-        if stop_requested:
-            step -= 1
-            break
         if step > args.offline_steps:
             if env is None:  # ALGO LOGIC: the online env is the eval env; seeded apart from evaluation
                 env = make_eval_env(dataset, dataset_id, domain)
@@ -751,7 +748,7 @@ if __name__ == "__main__":
 
         is_eval = step % args.eval_interval == 0 or step == args.offline_steps or step == total_steps
         is_ckpt = args.save_model and step % args.checkpoint_interval == 0
-        if step % args.log_interval == 0 or is_eval or is_ckpt:
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # checked before any checkpoint
             vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
             if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
                 kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
@@ -784,14 +781,16 @@ if __name__ == "__main__":
             eta = time.strftime("%H:%M:%S", time.gmtime((total_steps - step) / speed))
             report(step, f"{updates_per_s:6.0f} updates/s | {env_steps_per_s:6.0f} env steps/s | ETA {eta}")
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt or (args.save_model and step == total_steps):
+        if is_ckpt or (args.save_model and (step == total_steps or stop_requested)):
             last_good_checkpoint = checkpoint(step)
+        if stop_requested:
+            break
 
     if env is not None:
         env.close()
-    if stop_requested and args.save_model:
-        path = checkpoint(step)
-        print(f"interrupted at step {step}; checkpoint written to {path}; continue: python iql_finetune.py --resume {path}")
+    if stop_requested:
+        resume = f"continue: python iql_finetune.py --resume {last_good_checkpoint}" if args.save_model else "--no-save-model"
+        print(f"interrupted at step {step}; {resume}")
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()

@@ -611,17 +611,21 @@ if __name__ == "__main__":
 
     def run_evaluation():
         make_env = functools.partial(make_eval_env, dataset, dataset_id, domain)
-        return evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device, action_scale)
+        result = evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device, action_scale)
+        score = score_of(result, domain, ref_scores)
+        summary = (
+            f"score {'n/a' if score is None else f'{score:.1f}':>6} | success {result['successes'].mean():.2f} | "
+            f"return {result['returns'].mean():9.2f}"
+        )
+        return result, score, summary
 
     if args.eval_only:
         for name, module in dict(actor_ema=actor_ema, qf_target=qf_target, vf=vf).items():
             module.load_state_dict(ckpt[name])
-        result = run_evaluation()
-        score = score_of(result, domain, ref_scores)
+        summary = run_evaluation()[2]
         print(
             f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | "
-            f"N {args.num_samples} {args.selection} | score {'n/a' if score is None else f'{score:.1f}'} | "
-            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():.2f} | seed {args.seed}"
+            f"N {args.num_samples} {args.selection} | {summary} | seed {args.seed}"
         )
         raise SystemExit(0)
 
@@ -764,20 +768,14 @@ if __name__ == "__main__":
             for name, value in scalars.items():
                 writer.add_scalar(name, value, step)
         if is_eval:
-            result = run_evaluation()
-            score = score_of(result, domain, ref_scores)
+            result, score, summary = run_evaluation()
             writer.add_scalar("eval/return", result["returns"].mean(), step)
             writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
             if score is not None:
                 writer.add_scalar("eval/normalized_score", score, step)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((total_steps - step) / speed))
-            print(
-                f"step {step:>8}/{total_steps} | score {'n/a' if score is None else f'{score:6.1f}'} | "
-                f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | "
-                f"{speed:6.0f} updates/s | ETA {eta}",
-                flush=True,
-            )
+            print(f"step {step:>8}/{total_steps} | {summary} | {speed:6.0f} updates/s | ETA {eta}", flush=True)
             log_time = time.perf_counter()  # evaluation time is not training time
         if is_ckpt or (args.save_model and (step == total_steps or stop_requested)):
             last_good_checkpoint = checkpoint(step)

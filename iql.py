@@ -251,7 +251,7 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float):
 
 class Adam:
     """Adam (Kingma & Ba, 2015; torch.optim.Adam's defaults) for one network, optionally with the cosine decay of the
-    learning rate to 0 that IQL gives the actor. Written out, with the step count a tensor, so that `--compile` can
+    learning rate to 0 that IQL gives the actor. Its own class, with the step count a tensor, so that `--compile` can
     capture the whole update (gradients, three optimisers, Polyak) as one graph: torch.optim's step() splits a graph."""
 
     def __init__(self, module: nn.Module, lr: float, decay_steps: int = 0, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -273,13 +273,18 @@ class Adam:
     def step(self, grads: dict):
         beta1, beta2 = self.betas
         t = self.state["step"].add_(1)
-        step_size = self.learning_rate(t - 1) / (1 - beta1**t)
-        bias_correction2_sqrt = (1 - beta2**t).sqrt()
-        for name, param in self.params.items():
-            grad, exp_avg, exp_avg_sq = grads[name], self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
-            exp_avg.lerp_(grad, 1 - beta1)  # m ← β1 m + (1 − β1) g
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2 v + (1 − β2) g²
-            param.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / bias_correction2_sqrt + self.eps))
+        lr = self.learning_rate(t - 1)
+        params, grads = list(self.params.values()), [grads[name] for name in self.params]
+        exp_avgs, exp_avg_sqs = list(self.state["exp_avg"].values()), list(self.state["exp_avg_sq"].values())
+        if torch.compiler.is_compiling():  # the math, for the compiler to fuse with the rest of the update
+            for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+                m.lerp_(grad, 1 - beta1)  # m ← β1 m + (1 − β1) g
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2 v + (1 − β2) g²
+                step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()
+                param.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + self.eps))  # θ ← θ − lr · m̂ / (√v̂ + ε)
+        else:  # eager: the same math in one call to the kernel torch.optim.Adam(fused=True) runs (the loop: +0.5 ms)
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [t] * len(params), lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
 
     def state_dict(self) -> dict:
         return self.state

@@ -380,9 +380,11 @@ def test_compiled_update_is_one_graph_and_matches_eager(minari_root, tmp_path):
         assert "step       40/40" in proc.stdout
     eager = final_params(only_run_dir(tmp_path / "eager" / "runs") / "checkpoint_40.pt")
     compiled = final_params(only_run_dir(tmp_path / "compiled" / "runs") / "checkpoint_40.pt")
-    # same math, different kernels: measured max difference 6e-8 after 50 steps; a wrong update differs by ~1e-3
+    # same math, different kernels (eager Adam is torch's fused kernel): measured max difference 1.1e-5 after 40 steps,
+    # in Q's first layer, where Adam's g / (√v + ε) turns rounding noise in near-zero gradients into lr-sized steps;
+    # 2e-7 elsewhere. A wrong update (say, a missing bias correction) moves parameters by ~1e-2 in 40 steps.
     assert eager.keys() == compiled.keys()
-    assert all(torch.allclose(eager[k], compiled[k], rtol=0, atol=1e-6) for k in eager)
+    assert all(torch.allclose(eager[k], compiled[k], rtol=0, atol=1e-4) for k in eager)
     assert any(not torch.equal(eager[k], compiled[k]) for k in eager)  # it really ran different (compiled) code
 
 

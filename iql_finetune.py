@@ -121,7 +121,7 @@ ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so thei
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius, used for relabelling
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
 CHECKPOINT_FORMAT = "iql_finetune.py checkpoint v1"
-IQL_CHECKPOINT_FORMAT = "iql.py checkpoint v1"
+IQL_CHECKPOINT_FORMAT = "iql.py checkpoint v2"
 
 # The paper's one setting per domain (appendix B); eval cadence as the authors ran it.
 DOMAIN_DEFAULTS = {
@@ -445,6 +445,18 @@ def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
     return 100.0 * (result["returns"].mean() - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
 
 
+def load_iql_adam_state(optimizer: torch.optim.Adam, module: nn.Module, saved: dict):
+    """iql.py's own Adam stores {step, exp_avg: {name: tensor}, exp_avg_sq: {name: tensor}}; hand them to torch's."""
+    for name, param in module.named_parameters():
+        if saved["exp_avg"][name].shape != param.shape:
+            raise RuntimeError(f"the optimiser state of {name} does not match the network")
+        optimizer.state[param] = dict(
+            step=saved["step"].detach().clone().to(torch.float32),
+            exp_avg=saved["exp_avg"][name].detach().clone(),
+            exp_avg_sq=saved["exp_avg_sq"][name].detach().clone(),
+        )
+
+
 def load_checkpoint(path: str, device, expected_format: str, flag: str) -> dict:
     """A checkpoint of `expected_format`, or a one-line error naming the flag and what to pass instead."""
     writer_script = expected_format.split()[0]
@@ -583,7 +595,10 @@ if __name__ == "__main__":
         vf_optimizer=vf_optimizer,
     )
     for name, module in modules.items() if source else []:
-        module.load_state_dict(source[name])
+        if source is pretrained and name.endswith("_optimizer"):  # iql.py keeps Adam's moments by parameter name
+            load_iql_adam_state(module, modules[name.removesuffix("_optimizer")], source[name])
+        else:
+            module.load_state_dict(source[name])
     # ALGO LOGIC: constant learning rates while fine-tuning (iql.py's actor rate has been cosine-decayed to ~0)
     for optimizer, (_, lr) in zip([actor_optimizer, qf_optimizer, vf_optimizer], learning_rates):
         optimizer.param_groups[0]["lr"] = lr

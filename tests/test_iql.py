@@ -488,6 +488,17 @@ def test_bad_hyperparameters(minari_root, tmp_path, flag, value, expected):
     assert expected in error_of(tmp_path, "--env-id", "D4RL/pointmaze/umaze-v2", flag, value)
 
 
+def test_compile_without_a_cxx_compiler(minari_root, tmp_path):
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    proc = run_script(
+        "iql.py", "--env-id", "D4RL/antmaze/umaze-v1", "--compile", cwd=tmp_path, check=False,
+        env={"PATH": str(empty_path), "CXX": ""},
+    )  # fmt: skip
+    assert proc.returncode != 0 and not (tmp_path / "runs").exists()
+    assert "--compile needs a C++ compiler" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_batch_larger_than_dataset(minari_root, tmp_path):
     msg = error_of(tmp_path, "--env-id", "D4RL/antmaze/umaze-v1", "--batch-size", "100000")
     assert "--batch-size 100000 is larger than the dataset (600 transitions)" in msg

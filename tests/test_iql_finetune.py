@@ -288,6 +288,9 @@ def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     ckpt = torch.load(os.path.join(run_dir, "checkpoint_200.pt"), weights_only=True)
     assert ckpt["dataset_id"] == HOPPER and ckpt["args"]["offline_steps"] == 0 and ckpt["args"]["load_model"] == path
     assert (ckpt["args"]["expectile"], ckpt["args"]["temperature"]) == (0.8, 3.0)  # the pre-training's, and the default
+    # iql.py's Adam moments came across (its 200 steps plus at most 200 online updates; a fresh Adam would be at ≤ 200)
+    iql_adam = torch.load(path, weights_only=True)["qf_optimizer"]
+    assert iql_adam["step"].item() == 200 and 200 < ckpt["qf_optimizer"]["state"][0]["step"].item() <= 400
     masks = ckpt["online_rows"][:, -1]  # Hopper's time limit is 1000 steps: every episode ended in 200 steps is a fall
     assert ckpt["episodes"] >= 1 and (masks == 0).sum() == ckpt["episodes"] and set(masks.tolist()) == {0.0, 1.0}
 

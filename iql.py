@@ -265,6 +265,8 @@ class Adam:
             exp_avg={name: torch.zeros_like(p) for name, p in self.params.items()},
             exp_avg_sq={name: torch.zeros_like(p) for name, p in self.params.items()},
         )
+        # the same tensors as lists, once (load_state_dict copies into them in place, so they stay valid)
+        self.exp_avgs, self.exp_avg_sqs = list(self.state["exp_avg"].values()), list(self.state["exp_avg_sq"].values())
 
     def learning_rate(self, step: torch.Tensor) -> torch.Tensor:
         """The rate of update number step + 1: lr, or lr · ½(1 + cos(π · step / decay_steps)) (optax's cosine decay)."""
@@ -278,12 +280,12 @@ class Adam:
         t = self.state["step"].add_(1)
         lr = self.learning_rate(t - 1)
         params, grads = list(self.params.values()), [grads[name] for name in self.params]
-        exp_avgs, exp_avg_sqs = list(self.state["exp_avg"].values()), list(self.state["exp_avg_sq"].values())
+        exp_avgs, exp_avg_sqs = self.exp_avgs, self.exp_avg_sqs
         if torch.compiler.is_compiling():  # the math, for the compiler to fuse with the rest of the update
+            step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()
             for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
                 m.lerp_(grad, 1 - beta1)  # m ← β1 m + (1 − β1) g
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2 v + (1 − β2) g²
-                step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()
                 param.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + self.eps))  # θ ← θ − lr · m̂ / (√v̂ + ε)
         else:  # eager: the same math in one call to the kernel torch.optim.Adam(fused=True) runs (the loop: +0.5 ms)
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [t] * len(params), lr=lr, beta1=beta1,

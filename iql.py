@@ -36,6 +36,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple, Optional
@@ -166,8 +167,9 @@ class Batch(NamedTuple):
 
 
 def fail(message: str):
-    """Stop with a one-line error (exit status 2) that says what to do."""
-    raise SystemExit(f"iql.py: error: {message}")
+    """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
+    print(f"iql.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_dataset_id(name: str, local_ids=()) -> str:

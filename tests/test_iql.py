@@ -480,13 +480,13 @@ def test_eval_only_from_a_checkpoint(minari_root, tmp_path):
     proc = run_script("iql.py", "--eval-only", ckpt, "--eval-episodes", 3, cwd=tmp_path)
     assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | score" in proc.stdout
     proc = run_script("iql.py", "--eval-only", ckpt, "--env-id", "D4RL/antmaze/umaze-v1", cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "trained on 'D4RL/pointmaze/umaze-v2', not 'D4RL/antmaze/umaze-v1'" in proc.stderr
+    assert proc.returncode == 2 and "trained on 'D4RL/pointmaze/umaze-v2', not 'D4RL/antmaze/umaze-v1'" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- bad input
 def error_of(tmp_path, *args):
     proc = run_script("iql.py", *args, cwd=tmp_path, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("iql.py: error: "), proc.stderr[-2000:]
     assert not (tmp_path / "runs").exists()  # nothing was trained or written
@@ -529,7 +529,7 @@ def test_compile_without_a_cxx_compiler(minari_root, tmp_path):
         "iql.py", "--env-id", "D4RL/antmaze/umaze-v1", "--compile", cwd=tmp_path, check=False,
         env={"PATH": str(empty_path), "CXX": ""},
     )  # fmt: skip
-    assert proc.returncode != 0 and not (tmp_path / "runs").exists()
+    assert proc.returncode == 2 and not (tmp_path / "runs").exists()
     assert "--compile needs a C++ compiler" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -600,7 +600,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, t
         cwd=tmp_path,
         check=False,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     msg = proc.stderr.strip().splitlines()[-1]
     assert "non-finite loss by step" in msg and "the last good checkpoint is" in msg, msg
     bad_step = int(msg.split("by step ")[1].split()[0])

@@ -9,12 +9,16 @@ termination; AntMaze rewards are r - 1 on offline and online data alike; no lear
 The IQL update itself is iql.py's (V, AWR actor, twin Q in that order, orthogonal init, Polyak 0.005).
 
 Deviations from the reference:
-- Data comes from Minari, not D4RL. Mazes are relabelled against the eval goal as in iql.py, and the online env is
-  the eval env made episodic (`continuing_task=False`); online rewards and terminals come from the same relabelling
-  function as the offline data (reward = terminal = 1 within 0.5 of the goal cell's centre), then r - 1. An episode
-  that the env ends by its own success test (noisy goal, radius 0.45) without reaching the relabelled goal counts
-  as a truncation: it bootstraps. Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(-distance)
+- Data comes from Minari, not D4RL. Mazes are relabelled against the eval goal as in iql.py (reward = terminal = 1
+  within 0.5 of the goal cell's centre; `--no-relabel` keeps Minari's own), and the online env is the eval env made
+  episodic (`continuing_task=False`). Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(-distance)
   instead of the 0/1 success, offline and online alike (the terminal is still distance <= 0.5).
+- Maze scoring: D4RL ended an AntMaze episode with success within 0.5 of a goal offset from the goal cell's centre
+  by 0 to 0.375 x maze scale per axis (drawn once per env in v0/v1, per episode in v2). Here evaluation and online
+  episodes end with success, reward and terminal within 0.5 of the goal cell's centre, the goal the data is
+  relabelled to; not within 0.45 of Gymnasium-Robotics' goal, which moves by up to ±0.25 x maze scale per axis at
+  every reset (±1.0 on AntMaze). With `--no-relabel`, Minari's own goal, reward and success are used. Score = 100 x
+  success rate.
 - Actions are mapped from the action space's [low, high] to [-1, 1] (the reference assumes D4RL's [-1, 1]; some
   Minari `mujoco/*` envs differ): in the data, in the buffer's online transitions, and back when acting in the env.
 - Locomotion reward scaling (r · 1000 / (max - min episode return)) applies to every `mujoco/*` dataset whose episode
@@ -32,15 +36,18 @@ Deviations from the reference:
   from the dataset), so a resumed run has the same buffer; the episode in progress is not continued.
 """
 
+import csv
 import difflib
 import os
 import random
 import re
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple, Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -64,7 +71,8 @@ class Args:
     env_id: Optional[str] = None
     """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; --resume/--load-model: the checkpoint's)"""
     relabel: bool = True
-    """mazes: relabel offline and online rewards and terminals against the eval goal as D4RL did"""
+    """mazes: relabel offline and online rewards and terminals against the eval goal cell's centre as D4RL did, and
+    score success there; --no-relabel keeps Minari's own rewards, goal and success"""
     offline_steps: Optional[int] = None
     """gradient steps on the offline data before going online (default 1000000; not allowed with --load-model)"""
     online_steps: int = 1_000_000
@@ -162,8 +170,9 @@ class Batch(NamedTuple):
 
 
 def fail(message: str):
-    """Stop with a one-line error (exit status 2) that says what to do."""
-    raise SystemExit(f"iql_finetune.py: error: {message}")
+    """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
+    print(f"iql_finetune.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_dataset_id(name: str, local_ids=()) -> str:
@@ -215,11 +224,10 @@ def env_action(action: np.ndarray, action_scale) -> np.ndarray:
     return low + (action + 1.0) * (high - low) / 2.0
 
 
-def online_flags(terminated: bool, truncated: bool, reached: Optional[bool]) -> tuple:
-    """(bootstrap mask, episode over) of one env step. The mask is 0 only on a true termination (the relabelled goal
-    for mazes, the env's own otherwise); a time limit or the env's own maze success test only ends the episode."""
-    terminal = bool(terminated) if reached is None else bool(reached)
-    return 1.0 - float(terminal), bool(terminal or terminated or truncated)
+def online_flags(terminated: bool, truncated: bool) -> tuple:
+    """(bootstrap mask, episode over) of one env step: the mask is 0 only on a true termination (for mazes, the
+    relabelled goal: RelabelledGoal); a time limit only ends the episode."""
+    return 1.0 - float(terminated), bool(terminated or truncated)
 
 
 def reward_scale_shift(episode_returns: np.ndarray, domain: str) -> tuple:
@@ -383,9 +391,30 @@ def load_minari_dataset(dataset_id: str):
         )
 
 
-def make_eval_env(dataset, dataset_id: str, domain: str):
-    """The dataset's eval env; mazes made episodic (an episode ends at the goal). Also the online training env."""
-    import gymnasium as gym
+class RelabelledGoal(gym.Wrapper):
+    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal cell's
+    centre. Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset and judges within 0.45."""
+
+    def __init__(self, env, dense: bool):
+        super().__init__(env)
+        self.goal, self.dense = np.asarray(env.unwrapped.maze.unique_goal_locations[0]), dense
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too, so desired_goal and the target site agree
+        self.env.unwrapped.update_target_site_pos()
+        obs["desired_goal"] = self.goal.copy()
+        return obs, {**info, "success": bool(relabel(obs["achieved_goal"], self.goal, self.dense)[1])}
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        reward, reached = relabel(obs["achieved_goal"], self.goal, self.dense)
+        return obs, float(reward), bool(terminated or reached), truncated, {**info, "success": bool(reached)}
+
+
+def make_eval_env(dataset, dataset_id: str, domain: str, relabelled: bool = True):
+    """The dataset's eval env, also the online training env. Mazes are made episodic (an episode ends at the goal) and,
+    if `relabelled`, judged at the relabelling goal (RelabelledGoal); without it, by Minari's own goal and success."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
@@ -394,7 +423,8 @@ def make_eval_env(dataset, dataset_id: str, domain: str):
     kwargs = dict(continuing_task=False, reset_target=False)
     if dataset_id.startswith("D4RL/antmaze/umaze"):
         kwargs["maze_map"] = UMAZE_EVAL_MAP
-    return dataset.recover_environment(eval_env=True, **kwargs)
+    env = dataset.recover_environment(eval_env=True, **kwargs)
+    return RelabelledGoal(env, dense=dataset_id.endswith("-dense-v2")) if relabelled else env
 
 
 def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> tuple:
@@ -415,25 +445,60 @@ def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, a
     every time: every evaluation of a run starts from the same states, so successive scores differ by the policy only."""
     actor.eval()
     envs = [make_env() for _ in range(min(n_envs, n_episodes))]
-    returns, successes = [], []
+    returns, successes, distances = [], [], []
     for first in range(0, n_episodes, len(envs)):
         batch = envs[: n_episodes - first]
-        obs = [flat_observation(env.reset(seed=seed + first + i)[0], domain) for i, env in enumerate(batch)]
+        raw = [env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]
         ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
         while alive.any():
             live = np.flatnonzero(alive)
-            mean, _ = actor(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device))
+            obs = np.stack([flat_observation(raw[i], domain) for i in live])
+            mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
             for i, action in zip(live, env_action(mean.clamp(-1, 1).cpu().numpy(), action_scale)):
-                o, r, terminated, truncated, info = batch[i].step(action)
-                obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
+                raw[i], r, terminated, truncated, info = batch[i].step(action)
+                ret[i] += r
                 success[i] |= bool(info.get("success", False))
                 alive[i] = not (terminated or truncated)
         returns += ret.tolist()
         successes += success.tolist()
+        distances += [np.linalg.norm(o["achieved_goal"] - o["desired_goal"]) if isinstance(o, dict) else np.nan for o in raw]
     for env in envs:
         env.close()
     actor.train()
-    return dict(returns=np.array(returns), successes=np.array(successes))
+    return dict(returns=np.array(returns), successes=np.array(successes), goal_distances=np.array(distances))
+
+
+def append_evaluation(path: str, row: dict):
+    """Append one evaluation to the run's CSV at once, so that a crash loses none (the header comes with the first)."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            table.writeheader()
+        table.writerow(row)
+
+
+def keep_evaluations_until(path: str, step: int):
+    if os.path.exists(path):
+        with open(path) as f:
+            header, *lines = f.readlines()
+        with open(path + ".tmp", "w") as f:
+            f.writelines([header] + [line for line in lines if int(line.split(",")[0]) <= step])
+        os.replace(path + ".tmp", path)
+
+
+def evaluations_summary(path: str) -> str:
+    """The last and the best evaluation of the run (the score, or the mean return where there is no score)."""
+    if not os.path.exists(path):
+        return "no evaluation was run"
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    key = "score" if rows[-1]["score"] else "mean_return"
+    best = max(rows, key=lambda row: float(row[key]))
+    return (
+        f"last {key} {float(rows[-1][key]):.1f} at step {rows[-1]['step']} | best {float(best[key]):.1f} at step "
+        f"{best['step']} | all evaluations: {path}"
+    )
 
 
 def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
@@ -551,10 +616,9 @@ if __name__ == "__main__":
         torch.use_deterministic_algorithms(True)
 
     dataset = load_minari_dataset(dataset_id)
-    eval_env = make_eval_env(dataset, dataset_id, domain)
-    goal = None
-    if domain in ("antmaze", "pointmaze") and args.relabel:
-        goal = np.asarray(eval_env.unwrapped.maze.unique_goal_locations[0])  # the goal cell's centre, without noise
+    is_maze = domain in ("antmaze", "pointmaze")
+    eval_env = make_eval_env(dataset, dataset_id, domain, args.relabel)
+    goal = eval_env.goal if is_maze and args.relabel else None  # the goal cell's centre, without noise
     ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
     obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
     act_dim = eval_env.action_space.shape[0]
@@ -630,6 +694,9 @@ if __name__ == "__main__":
         if pretrained:
             print(f"fine-tuning {args.load_model} (iql.py, step {pretrained['step']}); the offline phase is skipped")
     os.makedirs(run_dir, exist_ok=True)
+    evaluations_csv = os.path.join(run_dir, "evaluations.csv")
+    if args.resume:  # like tensorboard's purge_step: evaluations after the checkpoint are redone
+        keep_evaluations_until(evaluations_csv, start_step)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     hyperparameters = {**asdict(args), "dataset_transitions": n_offline, "device": str(device)}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hyperparameters.items()))
@@ -694,7 +761,7 @@ if __name__ == "__main__":
         """Evaluate, log to tensorboard and print the terminal line."""
         result = evaluate(
             actor,
-            lambda: make_eval_env(dataset, dataset_id, domain),
+            lambda: make_eval_env(dataset, dataset_id, domain, args.relabel),
             args.eval_episodes,
             eval_seed,
             domain,
@@ -706,14 +773,21 @@ if __name__ == "__main__":
         writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
         if score is not None:
             writer.add_scalar("eval/normalized_score", score, step)
+        row = dict(step=step, score=score, success_rate=result["successes"].mean(), mean_return=result["returns"].mean())
+        distance = ""
+        if is_maze:  # the number to look at when a maze score is zero
+            writer.add_scalar("eval/goal_distance", result["goal_distances"].mean(), step)
+            row["goal_distance"] = result["goal_distances"].mean()
+            distance = f" | goal distance {row['goal_distance']:5.2f}"
+        append_evaluation(evaluations_csv, row)
         phase = f"online {step - args.offline_steps}/{args.online_steps}"
         if step <= args.offline_steps or step == 0:
             phase = f"offline {step}/{args.offline_steps}" if args.offline_steps else "loaded model"
         recent = f"{np.mean(recent_returns):.2f} over {len(recent_returns)}" if recent_returns else "n/a"
         print(
             f"step {step:>8}/{total_steps} {phase} | score {'n/a' if score is None else f'{score:6.1f}'} | "
-            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f} | episodes {episodes} "
-            f"(return {recent}) | {speeds}",
+            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f}{distance} | "
+            f"episodes {episodes} (return {recent}) | {speeds}",
             flush=True,
         )
 
@@ -730,7 +804,7 @@ if __name__ == "__main__":
     for step in range(start_step + 1, total_steps + 1):
         if step > args.offline_steps:
             if env is None:  # ALGO LOGIC: the online env is the eval env; seeded apart from evaluation
-                env = make_eval_env(dataset, dataset_id, domain)
+                env = make_eval_env(dataset, dataset_id, domain, args.relabel)
                 obs = flat_observation(env.reset(seed=args.seed + episodes)[0], domain)
                 ep_return, ep_length, ep_success = 0.0, 0, False
             t0 = time.perf_counter()
@@ -741,13 +815,11 @@ if __name__ == "__main__":
                 action = (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1, 1).cpu().numpy()
             next_o, reward, terminated, truncated, info = env.step(env_action(action, action_scale))  # buffer: [−1, 1]
             next_obs = flat_observation(next_o, domain)
-            # ALGO LOGIC: mazes: the same relabelled reward and terminal as the offline data; mask 0 on termination only
-            train_reward, reached = (reward, None) if goal is None else relabel(next_o["achieved_goal"], goal, dense)
-            mask, episode_over = online_flags(terminated, truncated, reached)
-            train_reward = float(train_reward) * reward_scale + reward_shift
-            buffer.add(obs[None], action[None], [train_reward], next_obs[None], [mask])
+            # ALGO LOGIC: mazes: RelabelledGoal gives the offline data's relabelled reward and terminal
+            mask, episode_over = online_flags(terminated, truncated)
+            buffer.add(obs[None], action[None], [float(reward) * reward_scale + reward_shift], next_obs[None], [mask])
             ep_return, ep_length = ep_return + reward, ep_length + 1
-            ep_success |= bool(info.get("success", False)) or bool(reached)
+            ep_success |= bool(info.get("success", False))
             obs = next_obs
             if episode_over:
                 episodes += 1
@@ -809,3 +881,4 @@ if __name__ == "__main__":
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()
+    print(evaluations_summary(evaluations_csv))

@@ -45,6 +45,13 @@ def only_run_dir(cwd):
     return dirs[0]
 
 
+def evaluations(run_dir):
+    import csv
+
+    with open(os.path.join(run_dir, "evaluations.csv")) as f:
+        return list(csv.DictReader(f))
+
+
 def eval_lines(stdout):
     """(step, success, return) of each evaluation line."""
     pattern = r"^step +(\d+)/\d+ .*?success ([\d.]+) \| return +(-?[\d.]+)"
@@ -96,15 +103,11 @@ def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
 
 
 def test_masks_termination_vs_truncation():
-    # (terminated, truncated, relabelled goal reached or None) -> (bootstrap mask, episode over)
-    assert ft.online_flags(True, False, None) == (0.0, True)  # a true termination stops bootstrapping
-    assert ft.online_flags(False, True, None) == (1.0, True)  # a time limit bootstraps
-    assert ft.online_flags(True, True, None) == (0.0, True)
-    assert ft.online_flags(False, False, None) == (1.0, False)
-    assert ft.online_flags(False, False, True) == (0.0, True)  # mazes: the relabelled goal is the termination
-    assert ft.online_flags(True, False, False) == (1.0, True)  # the env's own (noisy-goal) success alone only ends it
-    assert ft.online_flags(False, True, False) == (1.0, True)
-    assert ft.online_flags(False, True, True) == (0.0, True)
+    # (terminated, truncated) -> (bootstrap mask, episode over); mazes terminate at the relabelled goal (RelabelledGoal)
+    assert ft.online_flags(True, False) == (0.0, True)  # a true termination stops bootstrapping
+    assert ft.online_flags(False, True) == (1.0, True)  # a time limit bootstraps
+    assert ft.online_flags(True, True) == (0.0, True)
+    assert ft.online_flags(False, False) == (1.0, False)
 
 
 def test_offline_relabelling_and_reward_shift_match_the_online_ones():
@@ -164,6 +167,40 @@ def test_actions_are_mapped_between_the_action_space_and_unit_box():
     assert len(Env.sent) == 2 and all(a.tolist() == [1.5, -2.0] for a in Env.sent)
 
 
+MAZES = ["D4RL/antmaze/medium-diverse-v1", "D4RL/antmaze/umaze-v1", "D4RL/pointmaze/umaze-v2"]
+
+
+def place_agent(env, xy):
+    """Put the agent's (x, y) at `xy`, at rest, in the simulator."""
+    import mujoco
+
+    sim = getattr(env.unwrapped, "ant_env", None) or env.unwrapped.point_env
+    sim.data.qpos[:2], sim.data.qvel[:] = xy, 0.0
+    mujoco.mj_forward(sim.model, sim.data)
+
+
+@pytest.mark.parametrize("dataset_id", MAZES)
+def test_maze_success_is_judged_at_the_relabelling_goal(minari_root, dataset_id):
+    """Success, online reward and terminal are judged where the data was relabelled: within 0.5 of the goal cell's
+    centre, whatever goal the env drew at reset (Gymnasium-Robotics moves it by up to ±0.25 x maze scale per axis)."""
+    import minari
+
+    env = ft.make_eval_env(minari.load_dataset(dataset_id), dataset_id, ft.domain_of(dataset_id))
+    maze, centre = env.unwrapped.maze, env.unwrapped.maze.unique_goal_locations[0]
+    # 0.6 from the centre towards a free neighbouring cell (a point inside a wall would be pushed out)
+    directions = [np.array(d) for d in ([1, 0], [-1, 0], [0, 1], [0, -1])]
+    cells = np.array(maze.maze_map, dtype=object)
+    free = [d for d in directions if cells[tuple(maze.cell_xy_to_rowcol(centre + maze.maze_size_scaling * d))] != 1]
+    away = centre + 0.6 * free[0]
+    for seed in range(50):
+        for xy, expected in [(centre, True), (away, False)]:
+            env.reset(seed=seed)
+            place_agent(env, xy)
+            obs, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape))
+            assert info["success"] is expected and terminated is expected and reward == float(expected), (seed, xy)
+            assert np.linalg.norm(obs["desired_goal"] - centre) == 0.0
+
+
 def test_polyak_update_stays_outside_autograd():
     qf, target = ft.TwinQNetwork(3, 2, 8), ft.TwinQNetwork(3, 2, 8)
     target.requires_grad_(False)
@@ -200,11 +237,17 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
     )
     assert "30000 transitions" in proc.stdout and "300 offline + 300 online steps" in proc.stdout
     assert [s for s, _, _ in eval_lines(proc.stdout)] == [200, 300, 400, 600]  # after the offline phase, then on interval
-    assert re.search(r"online 300/300 .*updates/s .*env steps/s", proc.stdout)
+    assert re.search(r"online 300/300 .*goal distance +[\d.]+ \| .*updates/s .*env steps/s", proc.stdout)
     run_dir = only_run_dir(tmp_path)
+    rows = evaluations(run_dir)  # one row per evaluation, both phases
+    assert [r["step"] for r in rows] == ["200", "300", "400", "600"]
+    assert list(rows[0]) == ["step", "score", "success_rate", "mean_return", "goal_distance"]
+    summary = ft.evaluations_summary(os.path.join(run_dir, "evaluations.csv")).replace(f"{tmp_path}/", "")  # path as run
+    assert proc.stdout.strip().splitlines()[-1] == summary and summary.startswith("last score ")
     for tag in [
         "eval/success_rate",
         "eval/normalized_score",
+        "eval/goal_distance",
         "losses/qf_loss",
         "charts/updates_per_s",
         "charts/env_steps_per_s",
@@ -281,6 +324,8 @@ def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     assert "offline phase is skipped" in proc.stdout and "0 offline + 200 online steps" in proc.stdout
     evals = eval_lines(proc.stdout)
     assert [s for s, _, _ in evals] == [0, 100, 200]
+    assert [r["step"] for r in evaluations(only_run_dir(tmp_path))] == ["0", "100", "200"]
+    assert proc.stdout.strip().splitlines()[-1].startswith("last mean_return ")  # Hopper has no reference scores
     assert evals[0][2] == iql_return  # same actor, same evaluation seeds: the iql.py networks were loaded
     run_dir = only_run_dir(tmp_path)
     rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
@@ -306,6 +351,7 @@ def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
     assert resumed["online_added"] == 200 and len(resumed["online_rows"]) == 200
     mid = torch.load(os.path.join(run_dir, "checkpoint_150.pt"), weights_only=True)
     assert torch.equal(resumed["online_rows"][:50], mid["online_rows"])  # the rows collected before the stop are kept
+    assert [r["step"] for r in evaluations(run_dir)] == ["100", "300"]  # the first run's evaluation at 300 was purged
 
     mid["online_rows"] = None  # as written with --no-save-buffer
     no_buffer = os.path.join(run_dir, "checkpoint_no_buffer_150.pt")
@@ -350,7 +396,7 @@ def test_bad_inputs(iql_checkpoint, tmp_path):
 
     def error(*args):
         proc = run_script("iql_finetune.py", *args, cwd=tmp_path, check=False)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         return proc.stderr.strip().splitlines()[-1]
 
     assert "was trained on 'mujoco/hopper/medium-v0', not 'D4RL/pointmaze/umaze-v2'" in error(

@@ -10,8 +10,12 @@ N behaviour samples per state scored by the target twin-Q minimum, keeping the a
 Deviations from the reference:
 - Data comes from Minari, not D4RL (retired). AntMaze and PointMaze datasets are relabelled against the eval goal,
   as D4RL's were (reward = terminal = 1 within 0.5 of the goal cell's centre; `--no-relabel` keeps Minari's own).
-  Mazes are evaluated with `continuing_task=False` and scored as 100 x success rate; AntMaze umaze on the data env's
-  own map (Minari's eval env has a mirrored one).
+- Maze scoring: D4RL ended an AntMaze episode with success within 0.5 of a goal offset from the goal cell's centre
+  by 0 to 0.375 x maze scale per axis (drawn once per env in v0/v1, per episode in v2). Here an episode ends with
+  success within 0.5 of the goal cell's centre, the goal the data is relabelled to; not within 0.45 of Gymnasium-
+  Robotics' goal, which moves by up to ±0.25 x maze scale per axis at every reset (±1.0 on AntMaze). With
+  `--no-relabel`, Minari's own goal and success are used. Score = 100 x success rate. AntMaze umaze is evaluated on
+  the data env's own map (Minari's eval env has a mirrored one).
 - V and twin Q are iql.py's (orthogonal init, Q loss summed over the two heads); the reference uses Flax's default
   init and averages the heads (Adam makes the factor 2 immaterial).
 - Critic and actor draw their own batches (256 and 1024); the reference slices the critic's from the actor's.
@@ -20,7 +24,9 @@ Deviations from the reference:
 - Exponential (linex) loss: f(u) = (exp(a u) - a u - 1) / a with the exponent continued linearly above `--exp-clip`
   (a convex loss whose gradient is the reference's stop-gradient surrogate); its resampling weights (Eq. 12) are
   computed in log space. The quantile weights (Eq. 10) floor |Q - V| at 1e-6.
-- PointMaze, Kitchen and Adroit are not in the paper: mazes take AntMaze's settings, the others locomotion's.
+- Maze2D (PointMaze) is only in the paper's appendix F.2 (Table 5), as D4RL's normalised return of non-terminating
+  episodes, with no settings given: here it takes AntMaze's and is scored as a goal-reaching success rate, so those
+  figures are not comparable. Kitchen and offline Adroit are not in the paper: they take locomotion's settings.
   Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(−distance) instead of the 0/1 success.
 - Actions are mapped from the action space's [low, high] to [−1, 1] (the reference assumes D4RL's [−1, 1]; some
   Minari `mujoco/*` envs differ) and back at evaluation.
@@ -33,6 +39,7 @@ Equation numbers are the IDQL paper's: its Eqs. (1) and (2), IQL's V and Q losse
 """
 
 import copy
+import csv
 import difflib
 import functools
 import math
@@ -45,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, NamedTuple, Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -66,7 +74,8 @@ class Args:
     env_id: Optional[str] = None
     """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; with --resume/--eval-only: the checkpoint's)"""
     relabel: bool = True
-    """mazes: relabel rewards and terminals against the eval goal as D4RL did (--no-relabel keeps Minari's own)"""
+    """mazes: relabel rewards and terminals against the eval goal cell's centre as D4RL did, and score success there;
+    --no-relabel keeps Minari's own rewards, goal and success"""
     critic_steps: int = 1_000_000
     """gradient steps of V and Q (paper: 1M for "IDQL-1", 1.5M for "IDQL-A")"""
     actor_steps: int = 2_000_000
@@ -220,15 +229,21 @@ def flat_observation(obs, domain: str) -> np.ndarray:
     return obs["observation"] if isinstance(obs, dict) else obs
 
 
+def relabel(achieved_goal: np.ndarray, goal: np.ndarray, dense: bool) -> tuple:
+    """(reward, terminal) against the eval goal cell's centre, as D4RL labelled its mazes: terminal within GOAL_RADIUS;
+    reward 1 there and 0 elsewhere, or exp(−distance) for dense datasets (D4RL's maze2d-*-dense)."""
+    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
+    reached = distance <= GOAL_RADIUS
+    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
+
+
 def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled
-    (dense: reward exp(−distance), as D4RL's maze2d-*-dense). Actions are mapped from [low, high] to [−1, 1]."""
+    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled.
+    Actions are mapped from [low, high] to [−1, 1]."""
     obs = flat_observation(episode.observations, domain).astype(np.float32)
     rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
     if goal is not None:
-        distance = np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1)
-        terminals = distance <= GOAL_RADIUS
-        rewards = np.exp(-distance).astype(np.float32) if dense else terminals.astype(np.float32)
+        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
     masks = 1.0 - terminals.astype(np.float32)  # a time-limit truncation is not a terminal: it still bootstraps
     low, high = action_scale
     actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
@@ -440,9 +455,30 @@ def load_minari_dataset(dataset_id: str):
         )
 
 
-def make_eval_env(dataset, dataset_id: str, domain: str):
-    """The dataset's eval env; mazes made episodic (an episode ends at the goal) so success can be scored."""
-    import gymnasium as gym
+class RelabelledGoal(gym.Wrapper):
+    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal cell's
+    centre. Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset and judges within 0.45."""
+
+    def __init__(self, env, dense: bool):
+        super().__init__(env)
+        self.goal, self.dense = np.asarray(env.unwrapped.maze.unique_goal_locations[0]), dense
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too, so desired_goal and the target site agree
+        self.env.unwrapped.update_target_site_pos()
+        obs["desired_goal"] = self.goal.copy()
+        return obs, {**info, "success": bool(relabel(obs["achieved_goal"], self.goal, self.dense)[1])}
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        reward, reached = relabel(obs["achieved_goal"], self.goal, self.dense)
+        return obs, float(reward), bool(terminated or reached), truncated, {**info, "success": bool(reached)}
+
+
+def make_eval_env(dataset, dataset_id: str, domain: str, relabelled: bool = True):
+    """The dataset's eval env. Mazes are made episodic (an episode ends at the goal) and, if `relabelled`, judged at the
+    relabelling goal (RelabelledGoal); without it, by Minari's own goal and success."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
@@ -451,7 +487,8 @@ def make_eval_env(dataset, dataset_id: str, domain: str):
     kwargs = dict(continuing_task=False, reset_target=False)
     if dataset_id.startswith("D4RL/antmaze/umaze"):
         kwargs["maze_map"] = UMAZE_EVAL_MAP
-    return dataset.recover_environment(eval_env=True, **kwargs)
+    env = dataset.recover_environment(eval_env=True, **kwargs)
+    return RelabelledGoal(env, dense=dataset_id.endswith("-dense-v2")) if relabelled else env
 
 
 def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> dict:
@@ -474,24 +511,59 @@ def evaluate(policy, make_env, n_episodes: int, seed: int, domain: str, device, 
     low, high = action_scale
     generator = torch.Generator(device).manual_seed(seed)
     envs = [make_env() for _ in range(min(n_envs, n_episodes))]
-    returns, successes = [], []
+    returns, successes, distances = [], [], []
     for first in range(0, n_episodes, len(envs)):
         batch = envs[: n_episodes - first]
-        obs = [flat_observation(env.reset(seed=seed + first + i)[0], domain) for i, env in enumerate(batch)]
+        raw = [env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]
         ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
         while alive.any():
             live = np.flatnonzero(alive)
-            actions = policy(torch.as_tensor(np.stack([obs[i] for i in live]), dtype=torch.float32, device=device), generator)
+            obs = np.stack([flat_observation(raw[i], domain) for i in live])
+            actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device), generator)
             for i, action in zip(live, low + (actions.cpu().numpy() + 1.0) * (high - low) / 2.0):
-                o, r, terminated, truncated, info = batch[i].step(action)
-                obs[i], ret[i] = flat_observation(o, domain), ret[i] + r
+                raw[i], r, terminated, truncated, info = batch[i].step(action)
+                ret[i] += r
                 success[i] |= bool(info.get("success", False))
                 alive[i] = not (terminated or truncated)
         returns += ret.tolist()
         successes += success.tolist()
+        distances += [np.linalg.norm(o["achieved_goal"] - o["desired_goal"]) if isinstance(o, dict) else np.nan for o in raw]
     for env in envs:
         env.close()
-    return dict(returns=np.array(returns), successes=np.array(successes))
+    return dict(returns=np.array(returns), successes=np.array(successes), goal_distances=np.array(distances))
+
+
+def append_evaluation(path: str, row: dict):
+    """Append one evaluation to the run's CSV at once, so that a crash loses none (the header comes with the first)."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            table.writeheader()
+        table.writerow(row)
+
+
+def keep_evaluations_until(path: str, step: int):
+    if os.path.exists(path):
+        with open(path) as f:
+            header, *lines = f.readlines()
+        with open(path + ".tmp", "w") as f:
+            f.writelines([header] + [line for line in lines if int(line.split(",")[0]) <= step])
+        os.replace(path + ".tmp", path)
+
+
+def evaluations_summary(path: str) -> str:
+    """The last and the best evaluation of the run (the score, or the mean return where there is no score)."""
+    if not os.path.exists(path):
+        return "no evaluation was run"
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    key = "score" if rows[-1]["score"] else "mean_return"
+    best = max(rows, key=lambda row: float(row[key]))
+    return (
+        f"last {key} {float(rows[-1][key]):.1f} at step {rows[-1]['step']} | best {float(best[key]):.1f} at step "
+        f"{best['step']} | all evaluations: {path}"
+    )
 
 
 def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
@@ -586,10 +658,9 @@ if __name__ == "__main__":
         torch.use_deterministic_algorithms(True)
 
     dataset = load_minari_dataset(dataset_id)
-    eval_env = make_eval_env(dataset, dataset_id, domain)
-    goal = None
-    if domain in ("antmaze", "pointmaze") and args.relabel:
-        goal = np.asarray(eval_env.unwrapped.maze.unique_goal_locations[0])  # the goal cell's centre, without noise
+    is_maze = domain in ("antmaze", "pointmaze")
+    eval_env = make_eval_env(dataset, dataset_id, domain, args.relabel)
+    goal = eval_env.goal if is_maze and args.relabel else None  # the goal cell's centre, without noise
     ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
     obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
     act_dim = eval_env.action_space.shape[0]
@@ -610,13 +681,15 @@ if __name__ == "__main__":
         )
 
     def run_evaluation():
-        make_env = functools.partial(make_eval_env, dataset, dataset_id, domain)
+        make_env = functools.partial(make_eval_env, dataset, dataset_id, domain, args.relabel)
         result = evaluate(policy, make_env, args.eval_episodes, eval_seed, domain, device, action_scale)
         score = score_of(result, domain, ref_scores)
         summary = (
             f"score {'n/a' if score is None else f'{score:.1f}':>6} | success {result['successes'].mean():.2f} | "
             f"return {result['returns'].mean():9.2f}"
         )
+        if is_maze:  # the number to look at when a maze score is zero
+            summary += f" | goal distance {result['goal_distances'].mean():5.2f}"
         return result, score, summary
 
     if args.eval_only:
@@ -669,6 +742,9 @@ if __name__ == "__main__":
         run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)
     os.makedirs(run_dir, exist_ok=True)
+    evaluations_csv = os.path.join(run_dir, "evaluations.csv")
+    if args.resume:  # like tensorboard's purge_step: evaluations after the checkpoint are redone
+        keep_evaluations_until(evaluations_csv, start_step)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     hyperparameters = {**asdict(args), "dataset_transitions": n_transitions, "device": str(device)}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hyperparameters.items()))
@@ -773,6 +849,11 @@ if __name__ == "__main__":
             writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
             if score is not None:
                 writer.add_scalar("eval/normalized_score", score, step)
+            row = dict(step=step, score=score, success_rate=result["successes"].mean(), mean_return=result["returns"].mean())
+            if is_maze:
+                writer.add_scalar("eval/goal_distance", result["goal_distances"].mean(), step)
+                row["goal_distance"] = result["goal_distances"].mean()
+            append_evaluation(evaluations_csv, row)
             speed = (step - start_step) / max(train_time, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((total_steps - step) / speed))
             print(f"step {step:>8}/{total_steps} | {summary} | {speed:6.0f} updates/s | ETA {eta}", flush=True)
@@ -788,3 +869,4 @@ if __name__ == "__main__":
     elif args.save_model:
         print(f"final checkpoint: {last_good_checkpoint}")
     writer.close()
+    print(evaluations_summary(evaluations_csv))

@@ -554,10 +554,12 @@ def keep_evaluations_until(path: str, step: int):
 
 def evaluations_summary(path: str) -> str:
     """The last and the best evaluation of the run (the score, or the mean return where there is no score)."""
-    if not os.path.exists(path):
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    if not rows:  # none yet, or all after the checkpoint a run resumed from
         return "no evaluation was run"
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
     key = "score" if rows[-1]["score"] else "mean_return"
     best = max(rows, key=lambda row: float(row[key]))
     return (

@@ -364,6 +364,22 @@ def test_maze_success_is_judged_at_the_relabelling_goal(minari_root, dataset_id)
             assert np.linalg.norm(obs["desired_goal"] - centre) == 0.0
 
 
+def test_evaluations_summary_gives_the_last_and_the_best(tmp_path):
+    path = str(tmp_path / "evaluations.csv")
+    assert iql.evaluations_summary(path) == "no evaluation was run"
+    iql.append_evaluation(path, dict(step=10, score=20.0, success_rate=0.2, mean_return=0.2))
+    iql.keep_evaluations_until(path, 5)  # a resume from step 5 drops step 10's row and keeps the header
+    assert iql.evaluations_summary(path) == "no evaluation was run"
+    for step, score in [(10, 20.0), (20, 70.0), (30, 40.0)]:
+        iql.append_evaluation(path, dict(step=step, score=score, success_rate=score / 100, mean_return=score / 100))
+    summary = iql.evaluations_summary(path)
+    assert summary.startswith("last score 40.0 at step 30 | best 70.0 at step 20"), summary
+    iql.keep_evaluations_until(path, 20)
+    assert iql.evaluations_summary(path).startswith("last score 70.0 at step 20 | best 70.0 at step 20")
+    with open(path) as f:
+        assert f.readline().strip() == "step,score,success_rate,mean_return"
+
+
 def final_params(path):
     ckpt = torch.load(path, weights_only=True)
     return {f"{net}.{k}": v for net in ["actor", "qf", "qf_target", "vf"] for k, v in ckpt[net].items()}

@@ -251,3 +251,27 @@ def run_script(script, *args, cwd, timeout=600, check=True, env=None):
             f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+MAZES = ["D4RL/antmaze/medium-diverse-v1", "D4RL/antmaze/umaze-v1", "D4RL/pointmaze/umaze-v2"]
+
+
+def assert_success_is_judged_at_the_goal_cell_centre(env, seeds=range(50)):
+    """After each seeded reset, an agent put at rest on the goal cell's centre succeeds (success, terminal, reward 1) and
+    one 0.6 from it, towards a free neighbouring cell (a point inside a wall would be pushed out), does not; whatever
+    goal Gymnasium-Robotics drew at reset (it moves it by up to ±0.25 x maze scale per axis: ±1.0 on AntMaze)."""
+    import mujoco
+
+    maze, centre = env.unwrapped.maze, env.unwrapped.maze.unique_goal_locations[0]
+    directions = [np.array(d) for d in ([1, 0], [-1, 0], [0, 1], [0, -1])]
+    cells = np.array(maze.maze_map, dtype=object)
+    free = [d for d in directions if cells[tuple(maze.cell_xy_to_rowcol(centre + maze.maze_size_scaling * d))] != 1]
+    sim = getattr(env.unwrapped, "ant_env", None) or env.unwrapped.point_env
+    for seed in seeds:
+        for xy, expected in [(centre, True), (centre + 0.6 * free[0], False)]:
+            env.reset(seed=seed)
+            sim.data.qpos[:2], sim.data.qvel[:] = xy, 0.0
+            mujoco.mj_forward(sim.model, sim.data)
+            obs, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape))
+            assert info["success"] is expected and terminated is expected and reward == float(expected), (seed, xy)
+            assert np.linalg.norm(obs["desired_goal"] - centre) == 0.0

@@ -1,31 +1,19 @@
 """Implicit Q-Learning (IQL), offline, on Minari datasets.
 
-Paper: "Offline Reinforcement Learning with Implicit Q-Learning", Ilya Kostrikov, Ashvin Nair, Sergey Levine,
-ICLR 2022, arXiv:2110.06169. Reference code: the authors' JAX implementation (ikostrikov/implicit_q_learning):
-one batch per step shared by the V, actor and Q updates in that order, orthogonal init (gain sqrt 2), a Gaussian
-policy with tanh-bounded mean and a free log-std, cosine decay of the actor's learning rate, Polyak 0.005.
+Paper: "Offline Reinforcement Learning with Implicit Q-Learning", Ilya Kostrikov, Ashvin Nair,
+Sergey Levine, ICLR 2022, arXiv:2110.06169. Reference: the authors' JAX code (ikostrikov/implicit_q_learning):
+one batch per step for the V, actor and Q updates in that order, orthogonal init, a Gaussian policy with
+tanh mean and free log-std, cosine decay of the actor's learning rate, Polyak 0.005.
 
-Deviations from the reference:
-- Data comes from Minari, not D4RL (retired). AntMaze and PointMaze datasets are relabelled against the eval goal,
-  as D4RL's were (reward = terminal = 1 within 0.5 of the goal cell's centre; `--no-relabel` keeps Minari's own).
-- Maze scoring: D4RL ended an AntMaze episode with success within 0.5 of a goal offset from the goal cell's centre
-  by 0 to 0.375 x maze scale per axis (drawn once per env in v0/v1, per episode in v2). Here an episode ends with
-  success within 0.5 of the goal cell's centre, the goal the data is relabelled to; not within 0.45 of Gymnasium-
-  Robotics' goal, which moves by up to ±0.25 x maze scale per axis at every reset (±1.0 on AntMaze). With
-  `--no-relabel`, Minari's own goal and success are used. Score = 100 x success rate.
-- AntMaze umaze: Minari's eval env has a mirrored map; we evaluate on the data env's own U-maze and goal.
-- PointMaze (maze2d) is not in the paper; it takes the AntMaze settings (expectile 0.9, temperature 10, r - 1).
-  Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(−distance) instead of the 0/1 success.
-- Actions are mapped from the action space's [low, high] to [−1, 1] (the reference assumes D4RL's [−1, 1]; some
-  Minari `mujoco/*` envs differ) and back at evaluation.
-- Locomotion reward scaling (r · 1000 / (max − min episode return)) applies to every `mujoco/*` dataset whose episode
-  returns differ (the reference scales D4RL's halfcheetah, hopper and walker2d).
-- Every evaluation of a run uses the same seeded start states (seed + 100000 + episode), not one continuing stream.
-
-Implementation notes (same math as the reference): the twin Q is one network with a leading axis of 2, so each layer
-is one batched matmul for both heads; V(s) for the actor and V(s') for the Q target come from one forward pass.
-Gradients come from `value_and_grad` and Adam is the script's own (torch.optim.Adam's math and fused kernel), so that
-`--compile` can capture the whole update as one graph.
+Deviations from the reference (README.md gives the reasons):
+- Minari data, not D4RL. Mazes are relabelled as D4RL's were (reward = terminal = 1 within 0.5 of the eval
+  goal cell's centre) and scored there, not at Gymnasium-Robotics' moving goal (`--no-relabel`: Minari's own).
+- AntMaze umaze is evaluated on the data env's maze (Minari's eval map is mirrored).
+- PointMaze (not in the paper) takes the AntMaze settings; `*-dense-v2` gets D4RL's reward exp(-distance).
+- Actions are mapped from the env's action box to [-1, 1] and back. Every `mujoco/*` dataset is reward-scaled.
+- Every evaluation of a run starts from the same seeded states (seed + 100000 + episode).
+- Same math, other code: both Q heads in one network (a batched matmul per layer), and Adam written out
+  with a tensor step count, so that `--compile` captures the whole update as one graph.
 """
 
 import csv
@@ -52,110 +40,82 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    exp_name: str = "iql"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (data sampling, network init); evaluation episodes use seed + 100000 onwards"""
-    torch_deterministic: bool = True
-    """make CUDA runs repeatable (deterministic cuDNN/cuBLAS kernels, a little slower); CPU runs are repeatable anyway"""
-    cuda: bool = True
-    """train on CUDA when it is available"""
-    compile: bool = False
-    """torch.compile the whole update as one graph (needs g++/clang++; ~20 s of compiling, then 1.2-1.5x eager on CPU)"""
-    env_id: Optional[str] = None
-    """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; with --resume/--eval-only: the checkpoint's)"""
-    relabel: bool = True
-    """mazes: relabel rewards and terminals against the eval goal cell's centre as D4RL did, and score success there;
-    --no-relabel keeps Minari's own rewards, goal and success"""
-    total_steps: int = 1_000_000
-    """number of gradient steps"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """Polyak rate of the target Q network"""
-    expectile: Optional[float] = None
-    """expectile of the V loss, in (0, 1) (per-domain default: AntMaze 0.9, others 0.7)"""
-    temperature: Optional[float] = None
-    """inverse temperature of the AWR weights, > 0 (per-domain default: AntMaze 10, locomotion 3, Adroit/Kitchen 0.5)"""
-    dropout_rate: Optional[float] = None
-    """dropout after each hidden layer of the actor (per-domain default: Adroit/Kitchen 0.1, others 0)"""
-    exp_adv_max: float = 100.0
-    """clip of the AWR weights exp(temperature * advantage)"""
-    actor_lr: float = 3e-4
-    """actor learning rate (cosine-decayed to 0 over total_steps)"""
-    critic_lr: float = 3e-4
-    """Q learning rate"""
-    value_lr: float = 3e-4
-    """V learning rate"""
-    hidden_dim: int = 256
-    """width of the two hidden layers of every network"""
-    eval_interval: Optional[int] = None
-    """evaluate every this many steps (per-domain default: mazes 100000, others 5000)"""
-    eval_episodes: Optional[int] = None
-    """episodes per evaluation (per-domain default: mazes 100, others 10)"""
-    log_interval: int = 1000
-    """write losses and values to tensorboard every this many steps"""
-    save_model: bool = True
-    """write checkpoints (periodic, final and on Ctrl-C) under runs/{run_name}/"""
-    checkpoint_interval: int = 100_000
-    """write a checkpoint every this many steps"""
-    resume: Optional[str] = None
-    """path of a checkpoint to continue its run from (same hyperparameters, same run directory)"""
-    eval_only: Optional[str] = None
-    """path of a checkpoint to evaluate, without training"""
-    runs_dir: str = "runs"
-    """where run directories (tensorboard events, checkpoints) are created"""
+    exp_name: str = "iql"  # the name of this experiment
+    seed: int = 1  # seed of the experiment; evaluation episodes use seed + 100000 onwards
+    torch_deterministic: bool = True  # deterministic CUDA kernels (CPU runs are repeatable anyway)
+    cuda: bool = True  # train on CUDA when it is available
+    compile: bool = False  # torch.compile the whole update as one graph (needs a C++ compiler)
+    env_id: Optional[str] = None  # Minari id or D4RL name (default antmaze-medium-diverse-v0)
+    relabel: bool = True  # mazes: rewards and terminals at the eval goal, as D4RL's
+    total_steps: int = 1_000_000  # number of gradient steps
+    batch_size: int = 256  # transitions per gradient step
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target Q network
+    expectile: Optional[float] = None  # expectile of the V loss (default: mazes 0.9, others 0.7)
+    temperature: Optional[float] = None  # AWR's inverse temperature β (default: mazes 10, locomotion 3, else 0.5)
+    dropout_rate: Optional[float] = None  # actor dropout (default: Adroit/Kitchen 0.1, others 0)
+    exp_adv_max: float = 100.0  # clip of the AWR weights
+    actor_lr: float = 3e-4  # actor learning rate (cosine-decayed to 0 over total_steps)
+    critic_lr: float = 3e-4  # Q learning rate
+    value_lr: float = 3e-4  # V learning rate
+    hidden_dim: int = 256  # width of the two hidden layers of every network
+    eval_interval: Optional[int] = None  # steps between evaluations (default: mazes 100000, others 5000)
+    eval_episodes: Optional[int] = None  # episodes per evaluation (default: mazes 100, others 10)
+    log_interval: int = 1000  # log losses and values every this many steps
+    save_model: bool = True  # write checkpoints (periodic, final, on Ctrl-C)
+    checkpoint_interval: int = 100_000  # write a checkpoint every this many steps
+    resume: Optional[str] = None  # checkpoint whose run to continue, with its settings
+    eval_only: Optional[str] = None  # checkpoint to evaluate, without training
+    runs_dir: str = "runs"  # where run directories are made
+
+    def __post_init__(self):  # tyro builds Args from the flags, so a bad value stops here
+        for name in POSITIVE:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.expectile is not None and not 0 < self.expectile < 1:
+            fail(f"--expectile must be in (0, 1), got {self.expectile} (paper: 0.7 or 0.9)")
+        if not (0 < self.gamma <= 1 and 0 < self.tau <= 1 and 0 <= (self.dropout_rate or 0) < 1):
+            fail("--gamma and --tau must be in (0, 1], --dropout-rate in [0, 1)")
+        if self.compile and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++")):
+            fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
 
 
-DEFAULT_ENV_ID = "antmaze-medium-diverse-v0"
+POSITIVE = "total_steps batch_size hidden_dim temperature exp_adv_max actor_lr critic_lr value_lr".split()
+POSITIVE += "eval_interval eval_episodes log_interval checkpoint_interval".split()
+RUN_CONTROL = "cuda compile eval_interval eval_episodes log_interval save_model checkpoint_interval".split()
+RUN_CONTROL += ["runs_dir"]  # the flags a resumed run may change
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so their log-likelihood stays finite
-GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius, used for relabelling
+GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
-CHECKPOINT_FORMAT = "iql.py checkpoint v2"
-RUN_CONTROL = (
-    "cuda",
-    "compile",
-    "eval_interval",
-    "eval_episodes",
-    "log_interval",
-    "save_model",
-    "checkpoint_interval",
-    "runs_dir",
-)
+CHECKPOINT_FORMAT = "iql.py checkpoint v3"
+METRICS = "losses/vf_loss losses/actor_loss losses/qf_loss values/q values/v values/advantage".split()
+METRICS += "values/policy_log_std charts/SPS charts/learning_rate".split()
+EVAL_TAGS = dict(score="eval/normalized_score", success_rate="eval/success_rate", mean_return="eval/return")
 
 # The paper's one setting per domain (appendix B); eval cadence as the authors ran it.
-DOMAIN_DEFAULTS = {
-    "antmaze": dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100),
-    "pointmaze": dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100),
-    "locomotion": dict(expectile=0.7, temperature=3.0, dropout_rate=0.0, eval_interval=5000, eval_episodes=10),
-    "kitchen": dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10),
-    "adroit": dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10),
-}
+MAZE = dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100)
+HAND = dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10)
+LOCOMOTION = dict(expectile=0.7, temperature=3.0, dropout_rate=0.0, eval_interval=5000, eval_episodes=10)
+DOMAIN_DEFAULTS = dict(antmaze=MAZE, pointmaze=MAZE, locomotion=LOCOMOTION, kitchen=HAND, adroit=HAND)
 
-# Minari's remote catalogue (the datasets this script knows how to read) and the D4RL names that map onto it.
-ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"]
-POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
-KITCHENS = ["complete", "partial", "mixed"]
-ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {
-    e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]
-}
-MUJOCO.update(
-    {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
-)
-D4RL_TO_MINARI = {
-    **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
-    **{f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)},
-    **{f"kitchen-{m}-v0": f"D4RL/kitchen/{m}-v2" for m in KITCHENS},
-    **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
-}
-MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
+# Minari's remote catalogue (what this script can read) and the D4RL names that map onto it.
+ANTMAZES = "umaze umaze-diverse medium-play medium-diverse large-play large-diverse".split()
+POINTMAZES = "open umaze medium large open-dense umaze-dense medium-dense large-dense".split()
+ADROIT = [f"{task}/{data}" for task in ("pen", "door", "hammer", "relocate") for data in ("human", "cloned", "expert")]
+MUJOCO = "ant halfcheetah hopper humanoid humanoidstandup walker2d".split()
+MUJOCO_SMALL = "inverteddoublependulum invertedpendulum pusher reacher swimmer".split()
+D4RL_TO_MINARI = {f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)}
+D4RL_TO_MINARI |= {f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)}
+D4RL_TO_MINARI |= {f"kitchen-{m}-v0": f"D4RL/kitchen/{m}-v2" for m in ("complete", "partial", "mixed")}
+D4RL_TO_MINARI |= {f"{a.replace('/', '-')}-v{v}": f"D4RL/{a}-v2" for a in ADROIT for v in range(2)}
+MINARI_IDS = [f"mujoco/{e}/{q}-v0" for e in MUJOCO for q in ("simple", "medium", "expert")]
+MINARI_IDS += [f"mujoco/{e}/{q}-v0" for e in MUJOCO_SMALL for q in ("medium", "expert")]
+MINARI_IDS += sorted(set(D4RL_TO_MINARI.values()))
 D4RL_LOCOMOTION = re.compile(
-    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$"
+    r"(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d"
 )
+NEAREST_MINARI = {"random": "simple", "medium-replay": "medium", "full-replay": "expert"}  # else last word
 
 
 class Batch(NamedTuple):
@@ -166,206 +126,61 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 − terminal: the bootstrap mask
 
 
-def fail(message: str):
-    """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
-    print(f"iql.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def resolve_dataset_id(name: str, local_ids=()) -> str:
-    """A Minari id (or a dataset present locally) as is, a D4RL name mapped onto Minari; otherwise a helpful error."""
-    if name in MINARI_IDS or name in local_ids:
-        return name
-    if name in D4RL_TO_MINARI:
-        return D4RL_TO_MINARI[name]
-    if m := D4RL_LOCOMOTION.match(name):
-        env, quality = m.group(1), m.group(2)
-        nearest = {"random": "simple", "medium-replay": "medium", "medium-expert": "expert", "full-replay": "expert"}
-        fail(
-            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
-            f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
-            f"not comparable with the paper's table). Pass that id with --env-id to train on it."
-        )
-    close = difflib.get_close_matches(name, MINARI_IDS + sorted(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(
-        f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
-        f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0)."
-    )
-
-
-def domain_of(dataset_id: str) -> str:
-    for key in ["antmaze", "pointmaze", "kitchen"]:
-        if f"/{key}/" in dataset_id:
-            return key
-    return "adroit" if re.search(r"/(pen|door|hammer|relocate)/", dataset_id) else "locomotion"
-
-
-def flat_observation(obs, domain: str) -> np.ndarray:
-    """The observation as D4RL had it: AntMaze (x, y) + the ant's 27 dims = 29; PointMaze and Kitchen the 'observation'."""
-    if domain == "antmaze":
-        return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
-    return obs["observation"] if isinstance(obs, dict) else obs
-
-
-def relabel(achieved_goal: np.ndarray, goal: np.ndarray, dense: bool) -> tuple:
-    """(reward, terminal) against the eval goal cell's centre, as D4RL labelled its mazes: terminal within GOAL_RADIUS;
-    reward 1 there and 0 elsewhere, or exp(−distance) for dense datasets (D4RL's maze2d-*-dense)."""
-    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
-    reached = distance <= GOAL_RADIUS
-    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
-
-
-def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled.
-    Actions are mapped from [low, high] to [−1, 1]."""
-    obs = flat_observation(episode.observations, domain).astype(np.float32)
-    rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
-    if goal is not None:
-        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
-    # A time-limit truncation is not a terminal: the bootstrap mask comes from terminations alone.
-    masks = 1.0 - terminals.astype(np.float32)
-    low, high = action_scale
-    actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
-    actions = np.clip(actions, -1 + ACTION_EPS, 1 - ACTION_EPS)
-    return obs[:-1], actions, rewards, obs[1:], masks
-
-
-def preprocess_rewards(rewards: np.ndarray, episode_returns: np.ndarray, domain: str) -> np.ndarray:
-    """The paper's reward preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
-    if domain in ("antmaze", "pointmaze"):
-        return rewards - 1.0
-    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
-        return rewards * 1000.0 / np.ptp(episode_returns)
-    return rewards
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+# ALGO LOGIC: the losses, with the paper's equation numbers
+def expectile_loss(diff, expectile):
     """Eq. (5): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.square()).mean()
+    return (torch.where(diff < 0, 1.0 - expectile, expectile) * diff.square()).mean()
 
 
-def awr_weights(advantage: torch.Tensor, temperature: float, exp_adv_max: float) -> torch.Tensor:
-    """Eq. (7): exp(β · (Q − V)), clipped from above so that a few large advantages cannot dominate the batch."""
+def awr_weights(advantage, temperature, exp_adv_max):
+    """Eq. (7): exp(β (Q − V)), clipped so that a few large advantages cannot dominate the batch."""
     return torch.exp(advantage * temperature).clamp(max=exp_adv_max)
 
 
-def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. (6): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
+def td_target(rewards, masks, next_v, gamma):
+    """Eq. (6): r + γ (1 − terminal) V(s'); V, not a max over actions: no out-of-dataset action is queried."""
     return rewards + gamma * masks * next_v
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log N(a; mean, exp(log_std)²) summed over action dimensions (no tanh squashing, as in the reference)."""
-    return (-0.5 * ((actions - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(a; mean, exp(log_std)²) summed over action dimensions (no tanh squashing, as the reference)."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-@torch.no_grad()  # the target is a running average, not part of any graph
-def polyak_update(target: nn.Module, source: nn.Module, tau: float):
-    """θ̂ ← (1 − τ) θ̂ + τ θ."""
-    for param_target, param in zip(target.parameters(), source.parameters()):
-        param_target.lerp_(param, tau)
+@torch.no_grad()  # the target is a running average, outside any graph
+def polyak_update(target, source, tau):  # θ̂ ← (1 − τ) θ̂ + τ θ
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-class Adam:
-    """Adam (Kingma & Ba, 2015; torch.optim.Adam's defaults) for one network, optionally with the cosine decay of the
-    learning rate to 0 that IQL gives the actor. Its own class, with the step count a tensor, so that `--compile` can
-    capture the whole update (gradients, three optimisers, Polyak) as one graph: torch.optim's step() splits a graph."""
-
-    def __init__(self, module: nn.Module, lr: float, decay_steps: int = 0, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = dict(module.named_parameters())
-        self.lr, self.decay_steps, self.betas, self.eps = lr, decay_steps, betas, eps
-        self.state = dict(
-            step=torch.zeros((), device=next(module.parameters()).device),
-            exp_avg={name: torch.zeros_like(p) for name, p in self.params.items()},
-            exp_avg_sq={name: torch.zeros_like(p) for name, p in self.params.items()},
-        )
-        # the same tensors as lists, once (load_state_dict copies into them in place, so they stay valid)
-        self.exp_avgs, self.exp_avg_sqs = list(self.state["exp_avg"].values()), list(self.state["exp_avg_sq"].values())
-
-    def learning_rate(self, step: torch.Tensor) -> torch.Tensor:
-        """The rate of update number step + 1: lr, or lr · ½(1 + cos(π · step / decay_steps)) (optax's cosine decay)."""
-        if not self.decay_steps:
-            return torch.full_like(step, self.lr)
-        return self.lr * 0.5 * (1 + torch.cos(math.pi * step.clamp(max=self.decay_steps) / self.decay_steps))
-
-    @torch.no_grad()
-    def step(self, grads: dict):
-        beta1, beta2 = self.betas
-        t = self.state["step"].add_(1)
-        lr = self.learning_rate(t - 1)
-        params, grads = list(self.params.values()), [grads[name] for name in self.params]
-        exp_avgs, exp_avg_sqs = self.exp_avgs, self.exp_avg_sqs
-        if torch.compiler.is_compiling():  # the math, for the compiler to fuse with the rest of the update
-            step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()
-            for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-                m.lerp_(grad, 1 - beta1)  # m ← β1 m + (1 − β1) g
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2 v + (1 − β2) g²
-                param.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + self.eps))  # θ ← θ − lr · m̂ / (√v̂ + ε)
-        else:  # eager: the same math in one call to the kernel torch.optim.Adam(fused=True) runs (the loop: +0.5 ms)
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], [t] * len(params), lr=lr, beta1=beta1,
-                               beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return self.state
-
-    def load_state_dict(self, state: dict):
-        """Copy in place (a compiled update holds on to these very tensors); a mismatch raises like nn.Module's."""
-        ours, saved = self.flat(self.state), self.flat(state)
-        if saved.keys() != ours.keys() or any(saved[k].shape != ours[k].shape for k in ours):
-            raise RuntimeError("the optimiser state does not match the network")
-        for k, tensor in ours.items():
-            tensor.copy_(saved[k])
-
-    @staticmethod
-    def flat(state: dict) -> dict:
-        return dict(step=state["step"], **{f"{k}.{n}": t for k in ("exp_avg", "exp_avg_sq") for n, t in state[k].items()})
-
-
-def value_and_grad(loss_fn, module: nn.Module):
-    """Evaluate loss_fn(net) -> (loss, aux), where net(*inputs) runs `module`; return (loss, aux) and the gradient of
-    loss w.r.t. the module's parameters as {name: tensor}, leaving every .grad alone.
-    Eager runs use plain autograd. Under torch.compile it is torch.func.grad, which the compiler traces into the same
-    graph as the rest of the update (loss.backward() and torch.autograd.grad would split it); eager torch.func was
-    measured ~20% slower than autograd here, hence the two paths for the one gradient."""
-    params = dict(module.named_parameters())
-    if torch.compiler.is_compiling():
-        loss_of = lambda p: loss_fn(lambda *inputs: torch.func.functional_call(module, p, inputs))  # noqa: E731
-        grads, (loss, aux) = torch.func.grad_and_value(loss_of, has_aux=True)(params)
-        return (loss, aux), grads
-    with torch.enable_grad():
-        loss, aux = loss_fn(module)
-        grads = torch.autograd.grad(loss, list(params.values()))
-    return (loss.detach(), aux.detach()), dict(zip(params, grads))
-
-
-def orthogonal_(weight: torch.Tensor, bias: torch.Tensor):
-    nn.init.orthogonal_(weight, gain=np.sqrt(2))
-    nn.init.zeros_(bias)
+def orthogonal_init(module):
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return module
 
 
 class ValueNetwork(nn.Module):
-    def __init__(self, obs_dim: int, hidden: int):
+    def __init__(self, obs_dim, hidden):
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(obs_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
-        for fc in (self.fc1, self.fc2, self.fc3):
-            orthogonal_(fc.weight, fc.bias)
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+        orthogonal_init(self)
 
     def forward(self, obs):
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(obs))))).squeeze(-1)
+        return self.net(obs).squeeze(-1)
 
 
 class TwinQNetwork(nn.Module):
-    """Q1 and Q2 with their weights stacked on a leading axis of 2: each layer is one batched matmul for both heads."""
+    """Two Q MLPs with their weights stacked on a leading axis of 2: each layer is one batched matmul."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+    def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        sizes = [(obs_dim + act_dim, hidden), (hidden, hidden), (hidden, 1)]
-        self.weights = nn.ParameterList([nn.Parameter(torch.empty(2, i, o)) for i, o in sizes])
-        self.biases = nn.ParameterList([nn.Parameter(torch.empty(2, 1, o)) for _, o in sizes])
-        for w, b in zip(self.weights, self.biases):
-            for head in range(2):
-                orthogonal_(w.data[head].T, b.data[head])
+        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))  # (q1.fc, q2.fc)
+        self.weights = nn.ParameterList([torch.stack([a.weight.T, b.weight.T]).detach() for a, b in layers])
+        self.biases = nn.ParameterList([torch.stack([a.bias, b.bias])[:, None].detach() for a, b in layers])
 
     def forward(self, obs, actions):  # -> (2, batch)
         x = torch.cat([obs, actions], -1).expand(2, -1, -1)
@@ -375,46 +190,173 @@ class TwinQNetwork(nn.Module):
 
 
 class Actor(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, dropout_rate: float):
+    def __init__(self, obs_dim, act_dim, hidden, dropout_rate):
         super().__init__()
-        self.fc1, self.fc2, self.fc_mean = nn.Linear(obs_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, act_dim)
-        for fc in (self.fc1, self.fc2, self.fc_mean):
-            orthogonal_(fc.weight, fc.bias)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Dropout(dropout_rate),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout_rate),
+            nn.Linear(hidden, act_dim), nn.Tanh(),
+        )  # fmt: skip
+        orthogonal_init(self)
         self.log_std = nn.Parameter(torch.zeros(act_dim))  # state-independent, as in the reference
 
     def forward(self, obs):
-        x = self.dropout(F.relu(self.fc1(obs)))
-        x = self.dropout(F.relu(self.fc2(x)))
-        return torch.tanh(self.fc_mean(x)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.net(obs), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
 
-def load_minari_dataset(dataset_id: str):
+class Adam(nn.Module):
+    """torch.optim.Adam for one network, with the actor's cosine decay of the learning rate if decay_steps.
+    Its step count is a tensor, so that --compile traces the step into the update's graph (torch.optim splits
+    it); a module, so that state_dict() and load_state_dict() save, check and restore it as for a network."""
+
+    def __init__(self, module, lr, decay_steps=0, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__()
+        self.params, self.lr, self.decay_steps, self.betas, self.eps = list(module.parameters()), lr, decay_steps, betas, eps
+        self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
+        self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+        self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+
+    def learning_rate(self, step):
+        """The rate of update step + 1: lr, or lr · ½(1 + cos(π step / decay_steps)) (optax's decay)."""
+        if not self.decay_steps:
+            return torch.full_like(step, self.lr)
+        return self.lr * 0.5 * (1 + torch.cos(math.pi * step.clamp(max=self.decay_steps) / self.decay_steps))
+
+    @torch.no_grad()
+    def step(self, grads):
+        (beta1, beta2), t = self.betas, self.step_count.add_(1)
+        lr, m, v = self.learning_rate(t - 1), list(self.exp_avg), list(self.exp_avg_sq)
+        if not torch.compiler.is_compiling():  # eager: the kernel of torch.optim.Adam(fused=True), one call
+            torch._fused_adam_(self.params, grads, m, v, [], [t] * len(m), lr=lr, beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
+            return
+        step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()  # the math, to be fused
+        for param, grad, m_i, v_i in zip(self.params, grads, m, v):
+            m_i.lerp_(grad, 1 - beta1)
+            v_i.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            param.sub_(step_size * m_i / (v_i.sqrt() / bias_correction2_sqrt + self.eps))
+
+
+def value_and_grad(loss_fn, module):
+    """(loss, aux) = loss_fn(module), and the gradients of loss for module.parameters(), leaving .grad alone.
+    Eager: autograd. Compiled: torch.func, which the compiler traces into the update's graph (backward splits)."""
+    params = dict(module.named_parameters())
+    if torch.compiler.is_compiling():
+        loss_of = lambda p: loss_fn(lambda *x: torch.func.functional_call(module, p, x))  # noqa: E731
+        grads, (loss, aux) = torch.func.grad_and_value(loss_of, has_aux=True)(params)
+        return (loss, aux), list(grads.values())
+    with torch.enable_grad():
+        loss, aux = loss_fn(module)
+        grads = torch.autograd.grad(loss, list(params.values()))
+    return (loss.detach(), aux.detach()), list(grads)
+
+
+def fail(message):
+    """Stop with a one-line error that says what to do (exit status 2, as for a bad flag)."""
+    print(f"iql.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def resolve_dataset_id(name, local_ids=()):
+    """A Minari id or a local dataset as it is, a D4RL name mapped onto Minari; otherwise a helpful error."""
+    if name in MINARI_IDS or name in local_ids:
+        return name
+    if name in D4RL_TO_MINARI:
+        return D4RL_TO_MINARI[name]
+    if m := D4RL_LOCOMOTION.fullmatch(name):
+        quality = NEAREST_MINARI.get(m[2], m[2].split("-")[-1])
+        fail(
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is 'mujoco/{m[1]}/"
+            f"{quality}-v0' (new data, no reference scores: not comparable with the paper)"
+        )
+    close = difflib.get_close_matches(name, MINARI_IDS + list(D4RL_TO_MINARI), n=3, cutoff=0.5)
+    fail(f"unknown dataset '{name}'; the closest known names: {', '.join(close) or 'none'}")
+
+
+def domain_of(dataset_id):
+    for domain in ["antmaze", "pointmaze", "kitchen"]:
+        if f"/{domain}/" in dataset_id:
+            return domain
+    return "adroit" if re.search(r"/(pen|door|hammer|relocate)/", dataset_id) else "locomotion"
+
+
+def flat_observation(obs, domain):
+    """The observation as D4RL had it: AntMaze (x, y) + the ant's 27 dims; else the 'observation'."""
+    if domain == "antmaze":
+        return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
+    return obs["observation"] if isinstance(obs, dict) else obs
+
+
+def relabel(achieved_goal, goal, dense):
+    """(reward, terminal) as D4RL labelled its mazes: terminal within GOAL_RADIUS of the goal; reward 1 there
+    and 0 elsewhere, or exp(−distance) for the dense datasets."""
+    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
+    reached = distance <= GOAL_RADIUS
+    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
+
+
+def episode_transitions(episode, domain, goal, dense=False, action_scale=(-1.0, 1.0)):
+    """(obs, actions, rewards, next_obs, masks) of an episode, relabelled if `goal`; actions to [−1, 1]."""
+    obs = flat_observation(episode.observations, domain).astype(np.float32)
+    rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
+    if goal is not None:
+        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
+    low, high = action_scale
+    actions = 2 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1
+    actions = np.clip(actions, ACTION_EPS - 1, 1 - ACTION_EPS)
+    return obs[:-1], actions, rewards, obs[1:], 1.0 - terminals  # a time-limit truncation bootstraps: mask 1
+
+
+def preprocess_rewards(rewards, episode_returns, domain):
+    """The paper's preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
+    if domain in ("antmaze", "pointmaze"):
+        return rewards - 1.0
+    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
+        return rewards * 1000.0 / np.ptp(episode_returns)
+    return rewards
+
+
+def load_transitions(dataset, domain, goal, dense, action_scale):
+    """The dataset as one float32 array, a row per transition: obs | action | reward | next obs | mask."""
+    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
+    obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
+    rewards = preprocess_rewards(rewards, np.array([p[2].sum() for p in parts]), domain)
+    rows = np.concatenate([obs, actions, rewards[:, None], next_obs, masks[:, None]], 1, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        fail("the dataset contains NaN or inf: repair or re-download it")
+    return rows
+
+
+def to_batch(rows, obs_dim, act_dim):
+    obs, actions, rewards, next_obs, masks = rows.split([obs_dim, act_dim, 1, obs_dim, 1], 1)
+    return Batch(obs, actions, rewards.squeeze(1), next_obs, masks.squeeze(1))
+
+
+def load_minari_dataset(dataset_id):
     import minari
 
     try:
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
-        root, reason = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets"), (str(e) or "-").splitlines()[0][:160]
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         fail(
-            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
-            f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
-            f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
-            f"{os.path.join(root, dataset_id)} here."
+            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}). Minari looks in {root} "
+            f"(set MINARI_DATASETS_PATH to change it) and downloads what is missing; offline, run `minari "
+            f"download {dataset_id}` where there is network and copy {os.path.join(root, dataset_id)} here"
         )
 
 
 class RelabelledGoal(gym.Wrapper):
-    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal cell's
-    centre. Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset and judges within 0.45."""
+    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal
+    cell's centre (Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset)."""
 
-    def __init__(self, env, dense: bool):
+    def __init__(self, env, dense):
         super().__init__(env)
         self.goal, self.dense = np.asarray(env.unwrapped.maze.unique_goal_locations[0]), dense
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too, so desired_goal and the target site agree
+        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too: obs and target site agree
         self.env.unwrapped.update_target_site_pos()
         obs["desired_goal"] = self.goal.copy()
         return obs, {**info, "success": bool(relabel(obs["achieved_goal"], self.goal, self.dense)[1])}
@@ -425,184 +367,104 @@ class RelabelledGoal(gym.Wrapper):
         return obs, float(reward), bool(terminated or reached), truncated, {**info, "success": bool(reached)}
 
 
-def make_eval_env(dataset, dataset_id: str, domain: str, relabelled: bool = True):
-    """The dataset's eval env. Mazes are made episodic (an episode ends at the goal) and, if `relabelled`, judged at the
-    relabelling goal (RelabelledGoal); without it, by Minari's own goal and success."""
+def make_eval_env(dataset, dataset_id, domain, relabelled=True):
+    """The dataset's eval env; a maze episode ends at the goal (the relabelling goal if `relabelled`)."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     if domain not in ("antmaze", "pointmaze"):
         return dataset.recover_environment(eval_env=True)
-    kwargs = dict(continuing_task=False, reset_target=False)
-    if dataset_id.startswith("D4RL/antmaze/umaze"):
-        kwargs["maze_map"] = UMAZE_EVAL_MAP
-    env = dataset.recover_environment(eval_env=True, **kwargs)
-    return RelabelledGoal(env, dense=dataset_id.endswith("-dense-v2")) if relabelled else env
+    umaze = dict(maze_map=UMAZE_EVAL_MAP) if dataset_id.startswith("D4RL/antmaze/umaze") else {}
+    env = dataset.recover_environment(eval_env=True, continuing_task=False, reset_target=False, **umaze)
+    return RelabelledGoal(env, dataset_id.endswith("-dense-v2")) if relabelled else env
 
 
-def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> dict:
-    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
-    obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
-    episode_returns = np.array([p[2].sum() for p in parts])
-    rewards = preprocess_rewards(rewards, episode_returns, domain)
-    data = dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs, masks=masks)
-    for k, v in data.items():
-        if not np.isfinite(v).all():
-            fail(f"the dataset's {k} contain NaN or inf; repair or re-download the dataset")
-    return data
+@torch.no_grad()
+def evaluate(actor, make_env, n_episodes, seed, domain, device, action_scale, ref_scores=(None, None)):
+    """Mean actions in n_episodes envs side by side, seeded seed, seed + 1, ... at every evaluation, so that
+    successive scores differ by the policy only. The paper's score: 100 × success rate for mazes, else
+    100 × (return − random) / (expert − random) with D4RL's reference returns, if the dataset has them."""
+    envs = gym.vector.SyncVectorEnv([make_env] * n_episodes)  # an env that finished restarts: ignored
+    (low, high), (obs, _) = action_scale, envs.reset(seed=seed)
+    returns, distances = np.zeros(n_episodes), np.zeros(n_episodes)
+    successes, done = np.zeros(n_episodes, bool), np.zeros(n_episodes, bool)
+    actor.eval()
+    while not done.all():
+        mean, _ = actor(torch.as_tensor(flat_observation(obs, domain), dtype=torch.float32, device=device))
+        action = low + (mean.clamp(-1, 1).cpu().numpy() + 1) * (high - low) / 2
+        obs, rewards, terminated, truncated, info = envs.step(action)
+        returns += np.where(done, 0.0, rewards)
+        successes |= ~done & np.asarray(info.get("success", False), bool)
+        if isinstance(obs, dict):
+            distance = np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"], axis=-1)
+            distances = np.where(done, distances, distance)
+        done |= terminated | truncated
+    envs.close()
+    actor.train()
+    result = dict(score=None, success_rate=successes.mean().item(), mean_return=returns.mean().item())
+    if domain in ("antmaze", "pointmaze"):  # the final goal distance: what to look at when a score is zero
+        result |= dict(score=100 * result["success_rate"], goal_distance=distances.mean().item())
+    elif None not in ref_scores:
+        result["score"] = 100 * (result["mean_return"] - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
+    return result
 
 
-def load_checkpoint(path: str, device) -> dict:
+def summary_of(result):
+    score = "n/a" if result["score"] is None else f"{result['score']:.1f}"
+    summary = f"score {score:>6} | success {result['success_rate']:.2f} | return {result['mean_return']:9.2f}"
+    return summary + (f" | goal distance {result['goal_distance']:5.2f}" if "goal_distance" in result else "")
+
+
+def write_evaluations(path, evaluations):
+    """All of the run's evaluations, rewritten atomically after each one: a crash loses none."""
+    with open(path + ".tmp", "w", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+        table.writeheader()
+        table.writerows(evaluations)
+    os.replace(path + ".tmp", path)
+
+
+def evaluations_summary(evaluations, path):
+    if not evaluations:
+        return "no evaluation was run"
+    last, key = evaluations[-1], "score" if evaluations[-1]["score"] is not None else "mean_return"
+    best = max(evaluations, key=lambda row: row[key])
+    best = f"best {best[key]:.1f} at step {best['step']}"
+    return f"last {key} {last[key]:.1f} at step {last['step']} | {best} | all evaluations: {path}"
+
+
+def load_checkpoint(path, device):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        fail(f"no checkpoint at '{path}'; give the path of a checkpoint_<step>.pt file written by iql.py")
+        fail(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by iql.py")
     except Exception as e:
-        fail(
-            f"cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
-            f"Use another checkpoint_<step>.pt from the same run directory."
-        )
+        fail(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fail(f"'{path}' is not an iql.py checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return ckpt
 
 
-def save_checkpoint(path: str, state: dict):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a truncated checkpoint behind."""
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def check_args(args: Args):
-    checks = [
-        (
-            0 < args.expectile < 1,
-            f"--expectile must be in (0, 1), got {args.expectile} (0.5 is plain regression; paper: 0.7, 0.9)",
-        ),
-        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature} (paper: 0.5 to 10)"),
-        (0 <= args.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {args.dropout_rate}"),
-        (0 < args.gamma <= 1, f"--gamma must be in (0, 1], got {args.gamma}"),
-        (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
-        (args.exp_adv_max > 0, f"--exp-adv-max must be > 0, got {args.exp_adv_max}"),
-        (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
-        (
-            min(args.total_steps, args.batch_size, args.hidden_dim) > 0,
-            "--total-steps, --batch-size and --hidden-dim must be > 0",
-        ),
-        (
-            min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
-            "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0",
-        ),
-        (
-            not args.compile or any(shutil.which(cxx) for cxx in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if cxx),
-            "--compile needs a C++ compiler (g++ or clang++; or set CXX) to build its kernels; install one, or drop "
-            "--compile (eager PyTorch computes the same update, more slowly)",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            fail(message)
-
-
-@torch.no_grad()
-def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, action_scale, n_envs: int = 25) -> dict:
-    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side. The same seeds
-    every time: every evaluation of a run starts from the same states, so successive scores differ by the policy only."""
-    low, high = action_scale
-    actor.eval()
-    envs = [make_env() for _ in range(min(n_envs, n_episodes))]
-    returns, successes, distances = [], [], []
-    for first in range(0, n_episodes, len(envs)):
-        batch = envs[: n_episodes - first]
-        raw = [env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]
-        ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
-        while alive.any():
-            live = np.flatnonzero(alive)
-            obs = np.stack([flat_observation(raw[i], domain) for i in live])
-            mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            for i, action in zip(live, low + (mean.clamp(-1, 1).cpu().numpy() + 1.0) * (high - low) / 2.0):
-                raw[i], r, terminated, truncated, info = batch[i].step(action)
-                ret[i] += r
-                success[i] |= bool(info.get("success", False))
-                alive[i] = not (terminated or truncated)
-        returns += ret.tolist()
-        successes += success.tolist()
-        distances += [np.linalg.norm(o["achieved_goal"] - o["desired_goal"]) if isinstance(o, dict) else np.nan for o in raw]
-    for env in envs:
-        env.close()
-    actor.train()
-    return dict(returns=np.array(returns), successes=np.array(successes), goal_distances=np.array(distances))
-
-
-def append_evaluation(path: str, row: dict):
-    """Append one evaluation to the run's CSV at once, so that a crash loses none (the header comes with the first)."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        table = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            table.writeheader()
-        table.writerow(row)
-
-
-def keep_evaluations_until(path: str, step: int):
-    if os.path.exists(path):
-        with open(path) as f:
-            header, *lines = f.readlines()
-        with open(path + ".tmp", "w") as f:
-            f.writelines([header] + [line for line in lines if int(line.split(",")[0]) <= step])
-        os.replace(path + ".tmp", path)
-
-
-def evaluations_summary(path: str) -> str:
-    """The last and the best evaluation of the run (the score, or the mean return where there is no score)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-    if not rows:  # none yet, or all after the checkpoint a run resumed from
-        return "no evaluation was run"
-    key = "score" if rows[-1]["score"] else "mean_return"
-    best = max(rows, key=lambda row: float(row[key]))
-    return (
-        f"last {key} {float(rows[-1][key]):.1f} at step {rows[-1]['step']} | best {float(best[key]):.1f} at step "
-        f"{best['step']} | all evaluations: {path}"
-    )
-
-
-def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
-    """The paper's normalised score ×100: success rate for mazes, (return − ref_min)/(ref_max − ref_min) elsewhere."""
-    if domain in ("antmaze", "pointmaze"):
-        return 100.0 * result["successes"].mean()
-    if None in ref_scores:
-        return None
-    return 100.0 * (result["returns"].mean() - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    ckpt = load_checkpoint(args.resume or args.eval_only, device) if (args.resume or args.eval_only) else None
-    import minari  # noqa: E402  (after argument parsing, so that --help and bad flags answer at once)
+    ckpt = load_checkpoint(args.resume or args.eval_only, device) if args.resume or args.eval_only else None
+    import minari  # noqa: E402  (after parsing, so that --help and bad flags answer at once)
 
-    local_ids = set(minari.list_local_datasets())
-    dataset_id = resolve_dataset_id(args.env_id or (ckpt["dataset_id"] if ckpt else DEFAULT_ENV_ID), local_ids)
-    if ckpt and dataset_id != ckpt["dataset_id"]:
-        fail(f"the checkpoint was trained on '{ckpt['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that dataset")
-    if args.resume:  # the same run goes on: the checkpoint's values are the defaults, and only run-control flags may change
+    env_id = args.env_id or (ckpt["dataset_id"] if ckpt else "antmaze-medium-diverse-v0")
+    dataset_id = resolve_dataset_id(env_id, minari.list_local_datasets())
+    if ckpt:  # the checkpoint's settings are the defaults; a resumed run may change how it runs, not what
+        if dataset_id != ckpt["dataset_id"]:
+            fail(f"the checkpoint was trained on '{ckpt['dataset_id']}', not '{dataset_id}'; drop --env-id")
         saved = Args(**ckpt["args"])
-        args = tyro.cli(Args, default=replace(saved, resume=args.resume, env_id=saved.env_id))
-        changed = [k for k in asdict(saved) if k not in (*RUN_CONTROL, "resume") and getattr(args, k) != getattr(saved, k)]
-        if changed:
-            fail(
-                f"--{changed[0].replace('_', '-')} cannot change when resuming (the run continues exactly as it started); "
-                f"start a new run instead, or change only {', '.join('--' + k.replace('_', '-') for k in RUN_CONTROL)}"
-            )
-    elif args.eval_only:
-        saved = Args(**ckpt["args"])
-        args = tyro.cli(Args, default=replace(saved, eval_only=args.eval_only, env_id=saved.env_id))
+        args = tyro.cli(Args, default=replace(saved, resume=args.resume, eval_only=args.eval_only))
+        fixed = [k for k in vars(saved) if k not in RUN_CONTROL + ["env_id", "resume", "eval_only"]]
+        if args.resume and (changed := [k for k in fixed if getattr(args, k) != getattr(saved, k)]):
+            flags = ", ".join("--" + k.replace("_", "-") for k in RUN_CONTROL)
+            fail(f"--{changed[0].replace('_', '-')} cannot change when resuming (only {flags} can)")
     domain = domain_of(dataset_id)
-    args = replace(args, env_id=dataset_id, **{k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None})
-    check_args(args)
+    defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
+    args = replace(args, env_id=dataset_id, **defaults)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -610,109 +472,71 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     if args.torch_deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True)
 
     dataset = load_minari_dataset(dataset_id)
-    is_maze = domain in ("antmaze", "pointmaze")
-    eval_env = make_eval_env(dataset, dataset_id, domain, args.relabel)
-    goal = eval_env.goal if is_maze and args.relabel else None  # the goal cell's centre, without noise
-    ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
-    obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
-    act_dim = eval_env.action_space.shape[0]
-    action_scale = (eval_env.action_space.low.astype(np.float32), eval_env.action_space.high.astype(np.float32))
-    eval_env.close()
-
+    make_env = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
+    env = make_env()
+    goal = env.goal if isinstance(env, RelabelledGoal) else None  # the goal cell's centre
+    obs_dim, act_dim = len(flat_observation(env.observation_space.sample(), domain)), len(env.action_space.low)
+    action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
+    ref_scores = tuple(dataset.storage.metadata.get(f"ref_{k}_score") for k in ("min", "max"))
+    env.close()
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout_rate).to(device)
-
-    def run_evaluation():
-        env_fn = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
-        result = evaluate(actor, env_fn, args.eval_episodes, args.seed + 100_000, domain, device, action_scale)
-        score = score_of(result, domain, ref_scores)
-        summary = (
-            f"score {'n/a' if score is None else f'{score:.1f}':>6} | success {result['successes'].mean():.2f} | "
-            f"return {result['returns'].mean():9.2f}"
-        )
-        if is_maze:  # the number to look at when a maze score is zero
-            summary += f" | goal distance {result['goal_distances'].mean():5.2f}"
-        return result, score, summary
+    eval_args = (make_env, args.eval_episodes, args.seed + 100_000, domain, device, action_scale, ref_scores)
 
     if args.eval_only:
         actor.load_state_dict(ckpt["actor"])
-        summary = run_evaluation()[2]
+        summary = summary_of(evaluate(actor, *eval_args))
         print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | {summary}")
         raise SystemExit(0)
 
-    data = load_transitions(dataset, domain, goal, dataset_id.endswith("-dense-v2"), action_scale)
-    n_transitions = len(data["rewards"])
-    if args.batch_size > n_transitions:
-        fail(f"--batch-size {args.batch_size} is larger than the dataset ({n_transitions} transitions); lower it")
-    # The whole dataset on the device, one row per transition (obs | action | reward | next obs | mask): a batch is one gather.
-    rows = torch.as_tensor(np.concatenate([data[k].reshape(n_transitions, -1) for k in Batch._fields], 1), device=device)
-    row_split = [obs_dim, act_dim, 1, obs_dim, 1]
-
-    qf, vf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device), ValueNetwork(obs_dim, args.hidden_dim).to(device)
-    qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    dense = dataset_id.endswith("-dense-v2")
+    data = torch.as_tensor(load_transitions(dataset, domain, goal, dense, action_scale), device=device)
+    if args.batch_size > len(data):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data)} transitions); lower it")
+    qf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    vf = ValueNetwork(obs_dim, args.hidden_dim).to(device)
+    qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device).requires_grad_(False)
     qf_target.load_state_dict(qf.state_dict())
-    qf_target.requires_grad_(False)
     actor_optimizer = Adam(actor, args.actor_lr, decay_steps=args.total_steps)
-    qf_optimizer = Adam(qf, args.critic_lr)
-    vf_optimizer = Adam(vf, args.value_lr)
-    modules = dict(
-        actor=actor,
-        qf=qf,
-        qf_target=qf_target,
-        vf=vf,
-        actor_optimizer=actor_optimizer,
-        qf_optimizer=qf_optimizer,
-        vf_optimizer=vf_optimizer,
-    )
+    qf_optimizer, vf_optimizer = Adam(qf, args.critic_lr), Adam(vf, args.value_lr)
+    modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf)
+    modules |= dict(actor_optimizer=actor_optimizer, qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
 
     # TRY NOT TO MODIFY: run directory, resume, logging
-    start_step, last_good_checkpoint = 0, args.resume
-    if args.resume:
+    run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir, start_step, evaluations = os.path.join(args.runs_dir, run_name), 0, []
+    if args.resume:  # the run goes on in the checkpoint's directory; evaluations after its step are redone
         for name, module in modules.items():
             module.load_state_dict(ckpt[name])
-        start_step, run_name, run_dir = ckpt["step"], ckpt["run_name"], os.path.dirname(os.path.abspath(args.resume))
+        run_name, start_step, evaluations = ckpt["run_name"], ckpt["step"], ckpt["evaluations"]
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        if ckpt["rng_cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
         print(f"resuming run {run_name} at step {start_step}/{args.total_steps} from {args.resume}")
-    else:
-        run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.runs_dir, run_name)
     os.makedirs(run_dir, exist_ok=True)
-    evaluations_csv = os.path.join(run_dir, "evaluations.csv")
-    if args.resume:  # like tensorboard's purge_step: evaluations after the checkpoint are redone
-        keep_evaluations_until(evaluations_csv, start_step)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
-    hyperparameters = {**asdict(args), "dataset_transitions": n_transitions, "device": str(device)}
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hyperparameters.items()))
-    print(f"IQL on {dataset_id} ({domain}, {n_transitions} transitions, obs {obs_dim}, act {act_dim}) on {device}")
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    print(f"IQL on {dataset_id} ({domain}, {len(data)} transitions, obs {obs_dim}, act {act_dim}), {device}")
     print("  " + "  ".join(f"{k}={v}" for k, v in asdict(args).items() if k not in ("resume", "eval_only")))
 
-    def checkpoint(step: int) -> str:
+    def save_checkpoint(step):  # to a temporary file, then renamed: never a truncated checkpoint
         path = os.path.join(run_dir, f"checkpoint_{step}.pt")
-        rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
-        save_checkpoint(
-            path,
-            dict(
-                format=CHECKPOINT_FORMAT,
-                step=step,
-                run_name=run_name,
-                dataset_id=dataset_id,
-                args=asdict(replace(args, resume=None)),
-                obs_dim=obs_dim,
-                act_dim=act_dim,
-                rng_cpu=torch.get_rng_state(),
-                rng_cuda=rng_cuda,
-                **{name: module.state_dict() for name, module in modules.items()},
-            ),
-        )
+        state = {name: module.state_dict() for name, module in modules.items()}
+        state |= dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id)
+        state |= dict(args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim)
+        state |= dict(evaluations=evaluations, rng_cpu=torch.get_rng_state(), rng_cuda=None)
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
         return path
 
     @torch.no_grad()  # gradients are taken where they are needed, by value_and_grad
-    def update(b: Batch) -> torch.Tensor:
+    def update(b: Batch):
         # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (5)
         target_q = qf_target(b.observations, b.actions).min(0).values
 
@@ -747,72 +571,52 @@ if __name__ == "__main__":
         polyak_update(qf_target, qf, args.tau)
         return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean(), log_std.mean()])
 
-    # --compile: one graph for the whole update; fullgraph=True makes any split an error rather than a silent slowdown
+    # --compile: the whole update as one graph; fullgraph=True makes any split an error, not a silent slowdown
     update_step = torch.compile(update, fullgraph=True) if args.compile else update
     stop_requested = []
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, then checkpoint and exit
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, checkpoint, exit
 
-    step = start_step
-    train_time, log_time, log_step = 0.0, time.perf_counter(), start_step
+    last_checkpoint, step, log_step, log_time, train_time = args.resume, start_step, start_step, time.perf_counter(), 0
     for step in range(start_step + 1, args.total_steps + 1):
-        idx = torch.randint(n_transitions, (args.batch_size,), device=device)
-        obs, actions, rewards, next_obs, masks = rows[idx].split(row_split, 1)
-        metrics = update_step(Batch(obs, actions, rewards.squeeze(1), next_obs, masks.squeeze(1)))
+        idx = torch.randint(len(data), (args.batch_size,), device=device)
+        metrics = update_step(to_batch(data[idx], obs_dim, act_dim))
 
         is_eval = step % args.eval_interval == 0 or step == args.total_steps
-        is_ckpt = args.save_model and step % args.checkpoint_interval == 0
-        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # checked before any checkpoint
-            vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean, log_std_mean = metrics.tolist()
-            if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
-                kept = (
-                    f"the last good checkpoint is {last_good_checkpoint}"
-                    if last_good_checkpoint
-                    else "no checkpoint was written"
-                )
-                fail(
-                    f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
-                    f"{kept}. Lower the learning rates or check the dataset's scale."
-                )
+        is_last = step == args.total_steps or bool(stop_requested)
+        is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or is_last)
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check before a checkpoint
+            metrics = metrics.tolist()
+            if not np.isfinite(metrics[:3]).all():
+                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "none was saved"
+                fail(f"non-finite loss by step {step} (V, actor, Q: {metrics[:3]}); training stopped and "
+                     f"{kept}. Lower the learning rates or check the dataset's scale")  # fmt: skip
             now = time.perf_counter()
-            train_time += now - log_time
-            sps = (step - log_step) / max(now - log_time, 1e-9)
-            log_step, log_time = step, now
-            for name, value in [
-                ("losses/vf_loss", vf_loss),
-                ("losses/actor_loss", actor_loss),
-                ("losses/qf_loss", qf_loss),
-                ("values/q", q_mean),
-                ("values/v", v_mean),
-                ("values/advantage", adv_mean),
-                ("values/policy_log_std", log_std_mean),
-                ("charts/SPS", sps),
-                ("charts/learning_rate", actor_optimizer.learning_rate(actor_optimizer.state["step"]).item()),
-            ]:
+            sps, train_time = (step - log_step) / (now - log_time), train_time + now - log_time
+            learning_rate = actor_optimizer.learning_rate(actor_optimizer.step_count).item()
+            for name, value in zip(METRICS, metrics + [sps, learning_rate]):
                 writer.add_scalar(name, value, step)
+            log_step, log_time = step, now
         if is_eval:
-            result, score, summary = run_evaluation()
-            writer.add_scalar("eval/return", result["returns"].mean(), step)
-            writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
-            if score is not None:
-                writer.add_scalar("eval/normalized_score", score, step)
-            row = dict(step=step, score=score, success_rate=result["successes"].mean(), mean_return=result["returns"].mean())
-            if is_maze:
-                writer.add_scalar("eval/goal_distance", result["goal_distances"].mean(), step)
-                row["goal_distance"] = result["goal_distances"].mean()
-            append_evaluation(evaluations_csv, row)
-            speed = (step - start_step) / max(train_time, 1e-9)
+            result = evaluate(actor, *eval_args)
+            for name, value in result.items():
+                if value is not None:
+                    writer.add_scalar(EVAL_TAGS.get(name, f"eval/{name}"), value, step)
+            evaluations.append(dict(step=step, **result))
+            write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
+            speed = (step - start_step) / train_time
             eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
-            print(f"step {step:>8}/{args.total_steps} | {summary} | {speed:6.0f} updates/s | ETA {eta}", flush=True)
+            print(f"step {step:>8}/{args.total_steps} | {summary_of(result)} | {speed:6.0f} updates/s | ETA {eta}")
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt or (args.save_model and (step == args.total_steps or stop_requested)):
-            last_good_checkpoint = checkpoint(step)
+        if is_ckpt:
+            last_checkpoint = save_checkpoint(step)
         if stop_requested:
             break
 
-    if stop_requested:
-        resume = f"continue with: python iql.py --resume {last_good_checkpoint}" if args.save_model else "--no-save-model"
-        print(f"interrupted at step {step}; {resume}")
+    if stop_requested and args.save_model:
+        print(f"interrupted at step {step}; continue with: python iql.py --resume {last_checkpoint}")
+    elif stop_requested:
+        print(f"interrupted at step {step} (--no-save-model: no checkpoint)")
     elif args.save_model:
-        print(f"final checkpoint: {last_good_checkpoint}")
+        print(f"final checkpoint: {last_checkpoint}")
     writer.close()
-    print(evaluations_summary(evaluations_csv))
+    print(evaluations_summary(evaluations, os.path.join(run_dir, "evaluations.csv")))

@@ -1,46 +1,31 @@
-"""Implicit Q-Learning (IQL): offline pre-training on a Minari dataset, then online fine-tuning in its environment.
+"""Implicit Q-Learning (IQL): offline pre-training on a Minari dataset, then online fine-tuning in its env.
 
-Paper: "Offline Reinforcement Learning with Implicit Q-Learning", Ilya Kostrikov, Ashvin Nair, Sergey Levine,
-ICLR 2022, arXiv:2110.06169, section 5.3 (online fine-tuning after offline RL). Reference code: the authors'
-train_finetune.py and configs/antmaze_finetune_config.py (ikostrikov/implicit_q_learning): one replay buffer that
-starts with the whole dataset, `num_pretraining_steps` updates on it, then one environment step and one update per
-step; exploration samples the learned Gaussian, clipped to [-1, 1]; the bootstrap mask is 0 only on a true
-termination; AntMaze rewards are r - 1 on offline and online data alike; no learning-rate decay in either phase.
-The IQL update itself is iql.py's (V, AWR actor, twin Q in that order, orthogonal init, Polyak 0.005).
+Paper: "Offline Reinforcement Learning with Implicit Q-Learning", Ilya Kostrikov, Ashvin Nair,
+Sergey Levine, ICLR 2022, arXiv:2110.06169, section 5.3. Reference: the authors' train_finetune.py and
+configs/antmaze_finetune_config.py (ikostrikov/implicit_q_learning): one replay buffer that starts with the
+whole dataset, pre-training updates on it, then one env step and one update per step; exploration samples
+the learned Gaussian, clipped to [-1, 1]; the bootstrap mask is 0 only on a true termination; AntMaze
+rewards are r - 1 offline and online; constant learning rates. The update is iql.py's.
 
-Deviations from the reference:
-- Data comes from Minari, not D4RL. Mazes are relabelled against the eval goal as in iql.py (reward = terminal = 1
-  within 0.5 of the goal cell's centre; `--no-relabel` keeps Minari's own), and the online env is the eval env made
-  episodic (`continuing_task=False`). Dense PointMaze datasets (`*-dense-v2`) get D4RL's dense reward exp(-distance)
-  instead of the 0/1 success, offline and online alike (the terminal is still distance <= 0.5).
-- Maze scoring: D4RL ended an AntMaze episode with success within 0.5 of a goal offset from the goal cell's centre
-  by 0 to 0.375 x maze scale per axis (drawn once per env in v0/v1, per episode in v2). Here evaluation and online
-  episodes end with success, reward and terminal within 0.5 of the goal cell's centre, the goal the data is
-  relabelled to; not within 0.45 of Gymnasium-Robotics' goal, which moves by up to ±0.25 x maze scale per axis at
-  every reset (±1.0 on AntMaze). With `--no-relabel`, Minari's own goal, reward and success are used. Score = 100 x
-  success rate.
-- Actions are mapped from the action space's [low, high] to [-1, 1] (the reference assumes D4RL's [-1, 1]; some
-  Minari `mujoco/*` envs differ): in the data, in the buffer's online transitions, and back when acting in the env.
-- Locomotion reward scaling (r · 1000 / (max - min episode return)) applies to every `mujoco/*` dataset whose episode
-  returns differ, and online rewards get the same factor; the reference scales D4RL's halfcheetah, hopper and walker2d
-  datasets only, so its online rewards live on another scale.
-- PointMaze (maze2d) is not in the paper; it takes the AntMaze settings. AntMaze umaze uses the data env's own maze.
-- Every evaluation of a run uses the same seeded start states (seed + 100000 + episode), not one continuing stream.
-- `--load-model` starts from an iql.py checkpoint (the reference has no such entry point); its Adam moments are
-  kept and every learning rate is reset to its flag's constant value (iql.py's actor rate has decayed to ~0).
-- One environment, no vector env: acting costs ~0.8 ms a step (PointMaze, CPU) against ~10 ms per update, so
-  stepping several envs at once would not speed up a loop that makes one update per env step.
-- Steps count offline updates, then online env steps after them (the reference numbers pretraining steps below 0);
-  evaluation envs are separate from the training env, so an evaluation never cuts a training episode.
-- Checkpoints of the online phase hold the online transitions still in the buffer (the offline part is rebuilt
-  from the dataset), so a resumed run has the same buffer; the episode in progress is not continued.
+Deviations from the reference (README.md gives the reasons):
+- iql.py's: Minari data, mazes relabelled and scored at the eval goal cell's centre (`--no-relabel`: Minari's
+  own), umaze on the data env's maze, PointMaze with the AntMaze settings, actions mapped to [-1, 1], every
+  `mujoco/*` dataset reward-scaled, seeded evaluations, both Q heads in one network, Adam written out.
+- The online env is the eval env (mazes: episodic, relabelled like the data); online rewards are
+  preprocessed with the dataset's scale (the reference scales D4RL locomotion only).
+- `--load-model` fine-tunes an iql.py checkpoint: its networks and Adam moments, the flags' constant rates.
+- Steps count offline updates, then online env steps; evaluation envs are apart from the training env.
+- Online-phase checkpoints hold the buffer's online rows (the offline part is rebuilt from the dataset);
+  a resumed run starts a new episode.
 """
 
 import csv
 import difflib
+import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -58,107 +43,90 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    exp_name: str = "iql_finetune"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (sampling, network init, training env); evaluation episodes use seed + 100000 onwards"""
-    torch_deterministic: bool = True
-    """make CUDA runs repeatable (deterministic cuDNN/cuBLAS kernels, a little slower); CPU runs are repeatable anyway"""
-    cuda: bool = True
-    """train on CUDA when it is available"""
-    compile: bool = False
-    """torch.compile the update step (a minute of compiling first; pays off on long runs)"""
-    env_id: Optional[str] = None
-    """a Minari dataset id or its D4RL name (default antmaze-medium-diverse-v0; --resume/--load-model: the checkpoint's)"""
-    relabel: bool = True
-    """mazes: relabel offline and online rewards and terminals against the eval goal cell's centre as D4RL did, and
-    score success there; --no-relabel keeps Minari's own rewards, goal and success"""
-    offline_steps: Optional[int] = None
-    """gradient steps on the offline data before going online (default 1000000; not allowed with --load-model)"""
-    online_steps: int = 1_000_000
-    """environment steps of the online phase, one gradient step each"""
-    buffer_size: int = 2_000_000
-    """replay buffer capacity (offline data plus online transitions; the oldest are evicted first when full)"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """Polyak rate of the target Q network"""
-    expectile: Optional[float] = None
-    """expectile of the V loss, in (0, 1) (per-domain default: AntMaze 0.9, others 0.7)"""
-    temperature: Optional[float] = None
-    """inverse temperature of the AWR weights, > 0 (per-domain default: AntMaze 10, locomotion 3, Adroit/Kitchen 0.5)"""
-    dropout_rate: Optional[float] = None
-    """dropout after each hidden layer of the actor (per-domain default: Adroit/Kitchen 0.1, others 0)"""
-    exp_adv_max: float = 100.0
-    """clip of the AWR weights exp(temperature * advantage)"""
-    actor_lr: float = 3e-4
-    """actor learning rate (constant in both phases, as in the reference's fine-tuning config)"""
-    critic_lr: float = 3e-4
-    """Q learning rate"""
-    value_lr: float = 3e-4
-    """V learning rate"""
-    hidden_dim: int = 256
-    """width of the two hidden layers of every network (with --load-model: the checkpoint's)"""
-    eval_interval: Optional[int] = None
-    """evaluate every this many steps, and always after the offline phase (per-domain default: mazes 100000, others 5000)"""
-    eval_episodes: Optional[int] = None
-    """episodes per evaluation (per-domain default: mazes 100, others 10)"""
-    log_interval: int = 1000
-    """write losses, values and speeds to tensorboard every this many steps"""
-    save_model: bool = True
-    """write checkpoints (periodic, final and on Ctrl-C) under runs/{run_name}/"""
-    save_buffer: bool = True
-    """put the online transitions into checkpoints of the online phase, so that --resume restores the buffer"""
-    checkpoint_interval: int = 100_000
-    """write a checkpoint every this many steps (offline and online steps count alike)"""
-    load_model: Optional[str] = None
-    """path of an iql.py checkpoint to fine-tune online (skips the offline phase; unset expectile, temperature and
-    dropout are taken from it)"""
-    resume: Optional[str] = None
-    """path of an iql_finetune.py checkpoint to continue its run from (same hyperparameters, same run directory)"""
-    runs_dir: str = "runs"
-    """where run directories (tensorboard events, checkpoints) are created"""
+    exp_name: str = "iql_finetune"  # the name of this experiment
+    seed: int = 1  # seed of the experiment and of the training env; evaluations use seed + 100000 onwards
+    torch_deterministic: bool = True  # deterministic CUDA kernels (CPU runs are repeatable anyway)
+    cuda: bool = True  # train on CUDA when it is available
+    compile: bool = False  # torch.compile the whole update as one graph (needs a C++ compiler)
+    env_id: Optional[str] = None  # Minari id or D4RL name (default antmaze-medium-diverse-v0)
+    relabel: bool = True  # mazes: rewards and terminals at the eval goal, as D4RL's, offline and online
+    offline_steps: Optional[int] = None  # updates on the dataset first (default 1000000; 0 with --load-model)
+    online_steps: int = 1_000_000  # env steps after an evaluation of the offline result, one update each
+    buffer_size: int = 2_000_000  # replay buffer: the dataset, then online transitions, oldest evicted first
+    batch_size: int = 256  # transitions per gradient step
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target Q network
+    expectile: Optional[float] = None  # expectile of the V loss (default: mazes 0.9, others 0.7)
+    temperature: Optional[float] = None  # AWR's inverse temperature β (default: mazes 10, locomotion 3, else 0.5)
+    dropout_rate: Optional[float] = None  # actor dropout (default: Adroit/Kitchen 0.1, others 0)
+    exp_adv_max: float = 100.0  # clip of the AWR weights
+    actor_lr: float = 3e-4  # actor learning rate (constant in both phases, as in the reference)
+    critic_lr: float = 3e-4  # Q learning rate
+    value_lr: float = 3e-4  # V learning rate
+    hidden_dim: int = 256  # width of the two hidden layers of every network (--load-model: the checkpoint's)
+    eval_interval: Optional[int] = None  # steps between evaluations (default: mazes 100000, others 5000)
+    eval_episodes: Optional[int] = None  # episodes per evaluation (default: mazes 100, others 10)
+    log_interval: int = 1000  # log losses and values every this many steps
+    save_model: bool = True  # write checkpoints (periodic, final, on Ctrl-C)
+    save_buffer: bool = True  # checkpoints hold the online transitions, so that --resume restores the buffer
+    checkpoint_interval: int = 100_000  # write a checkpoint every this many steps (offline and online alike)
+    load_model: Optional[str] = None  # iql.py checkpoint to fine-tune, with its settings for flags left unset
+    resume: Optional[str] = None  # checkpoint whose run to continue, with its settings
+    runs_dir: str = "runs"  # where run directories are made
+
+    def __post_init__(self):  # tyro builds Args from the flags, so a bad value stops here
+        for name in POSITIVE:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.expectile is not None and not 0 < self.expectile < 1:
+            fail(f"--expectile must be in (0, 1), got {self.expectile} (paper: 0.7 or 0.9)")
+        if not (0 < self.gamma <= 1 and 0 < self.tau <= 1 and 0 <= (self.dropout_rate or 0) < 1):
+            fail("--gamma and --tau must be in (0, 1], --dropout-rate in [0, 1)")
+        if min(self.offline_steps or 0, self.online_steps) < 0:
+            fail("--offline-steps and --online-steps must be >= 0")
+        if self.offline_steps == self.online_steps == 0:
+            fail("--offline-steps and --online-steps are both 0: nothing to do")
+        if self.compile and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++")):
+            fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
 
 
-DEFAULT_ENV_ID = "antmaze-medium-diverse-v0"
-DEFAULT_OFFLINE_STEPS = 1_000_000
+POSITIVE = "buffer_size batch_size hidden_dim temperature exp_adv_max actor_lr critic_lr value_lr".split()
+POSITIVE += "eval_interval eval_episodes log_interval checkpoint_interval".split()
+RUN_CONTROL = "cuda compile eval_interval eval_episodes log_interval save_model checkpoint_interval".split()
+RUN_CONTROL += ["save_buffer", "runs_dir"]  # the flags a resumed run may change
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so their log-likelihood stays finite
-GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius, used for relabelling
+GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
-CHECKPOINT_FORMAT = "iql_finetune.py checkpoint v1"
-IQL_CHECKPOINT_FORMAT = "iql.py checkpoint v2"
+CHECKPOINT_FORMAT = "iql_finetune.py checkpoint v2"
+IQL_CHECKPOINT_FORMAT = "iql.py checkpoint v3"  # what --load-model reads
+METRICS = "losses/vf_loss losses/actor_loss losses/qf_loss values/q values/v values/advantage".split()
+METRICS += "values/policy_log_std charts/SPS charts/learning_rate charts/updates_per_s".split()
+EVAL_TAGS = dict(score="eval/normalized_score", success_rate="eval/success_rate", mean_return="eval/return")
 
 # The paper's one setting per domain (appendix B); eval cadence as the authors ran it.
-DOMAIN_DEFAULTS = {
-    "antmaze": dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100),
-    "pointmaze": dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100),
-    "locomotion": dict(expectile=0.7, temperature=3.0, dropout_rate=0.0, eval_interval=5000, eval_episodes=10),
-    "kitchen": dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10),
-    "adroit": dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10),
-}
+MAZE = dict(expectile=0.9, temperature=10.0, dropout_rate=0.0, eval_interval=100_000, eval_episodes=100)
+HAND = dict(expectile=0.7, temperature=0.5, dropout_rate=0.1, eval_interval=5000, eval_episodes=10)
+LOCOMOTION = dict(expectile=0.7, temperature=3.0, dropout_rate=0.0, eval_interval=5000, eval_episodes=10)
+DOMAIN_DEFAULTS = dict(antmaze=MAZE, pointmaze=MAZE, locomotion=LOCOMOTION, kitchen=HAND, adroit=HAND)
 
-# Minari's remote catalogue (the datasets this script knows how to read) and the D4RL names that map onto it.
-ANTMAZES = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"]
-POINTMAZES = [f"{m}{d}" for m in ["open", "umaze", "medium", "large"] for d in ["", "-dense"]]
-KITCHENS = ["complete", "partial", "mixed"]
-ADROIT = [f"{t}-{q}" for t in ["pen", "door", "hammer", "relocate"] for q in ["human", "cloned", "expert"]]
-MUJOCO = {
-    e: ["simple", "medium", "expert"] for e in ["ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "walker2d"]
-}
-MUJOCO |= {e: ["medium", "expert"] for e in ["inverteddoublependulum", "invertedpendulum", "pusher", "reacher", "swimmer"]}
-D4RL_TO_MINARI = {
-    **{f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)},
-    **{f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)},
-    **{f"kitchen-{m}-v0": f"D4RL/kitchen/{m}-v2" for m in KITCHENS},
-    **{f"{a}-v{v}": "D4RL/{}/{}-v2".format(*a.split("-")) for a in ADROIT for v in range(2)},
-}
-MINARI_IDS = sorted(set(D4RL_TO_MINARI.values()) | {f"mujoco/{e}/{q}-v0" for e, qs in MUJOCO.items() for q in qs})
+# Minari's remote catalogue (what this script can read) and the D4RL names that map onto it.
+ANTMAZES = "umaze umaze-diverse medium-play medium-diverse large-play large-diverse".split()
+POINTMAZES = "open umaze medium large open-dense umaze-dense medium-dense large-dense".split()
+ADROIT = [f"{task}/{data}" for task in ("pen", "door", "hammer", "relocate") for data in ("human", "cloned", "expert")]
+MUJOCO = "ant halfcheetah hopper humanoid humanoidstandup walker2d".split()
+MUJOCO_SMALL = "inverteddoublependulum invertedpendulum pusher reacher swimmer".split()
+D4RL_TO_MINARI = {f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)}
+D4RL_TO_MINARI |= {f"maze2d-{m}-v{v}": f"D4RL/pointmaze/{m}-v2" for m in POINTMAZES for v in range(2)}
+D4RL_TO_MINARI |= {f"kitchen-{m}-v0": f"D4RL/kitchen/{m}-v2" for m in ("complete", "partial", "mixed")}
+D4RL_TO_MINARI |= {f"{a.replace('/', '-')}-v{v}": f"D4RL/{a}-v2" for a in ADROIT for v in range(2)}
+MINARI_IDS = [f"mujoco/{e}/{q}-v0" for e in MUJOCO for q in ("simple", "medium", "expert")]
+MINARI_IDS += [f"mujoco/{e}/{q}-v0" for e in MUJOCO_SMALL for q in ("medium", "expert")]
+MINARI_IDS += sorted(set(D4RL_TO_MINARI.values()))
 D4RL_LOCOMOTION = re.compile(
-    r"^(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d$"
+    r"(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d"
 )
+NEAREST_MINARI = {"random": "simple", "medium-replay": "medium", "full-replay": "expert"}  # else last word
 
 
 class Batch(NamedTuple):
@@ -169,189 +137,61 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 − terminal: the bootstrap mask
 
 
-def fail(message: str):
-    """Stop with a one-line error (exit status 2, as for a bad flag) that says what to do."""
-    print(f"iql_finetune.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def resolve_dataset_id(name: str, local_ids=()) -> str:
-    """A Minari id (or a dataset present locally) as is, a D4RL name mapped onto Minari; otherwise a helpful error."""
-    if name in MINARI_IDS or name in local_ids:
-        return name
-    if name in D4RL_TO_MINARI:
-        return D4RL_TO_MINARI[name]
-    if m := D4RL_LOCOMOTION.match(name):
-        env, quality = m.group(1), m.group(2)
-        nearest = {"random": "simple", "medium-replay": "medium", "medium-expert": "expert", "full-replay": "expert"}
-        fail(
-            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest Minari dataset is "
-            f"'mujoco/{env}/{nearest.get(quality, quality)}-v0' (new data on Gymnasium v5, no reference scores: "
-            f"not comparable with the paper's table). Pass that id with --env-id to train on it."
-        )
-    close = difflib.get_close_matches(name, MINARI_IDS + sorted(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(
-        f"unknown dataset '{name}'. Closest accepted names: {', '.join(close) or 'none'}. "
-        f"Use a Minari id (e.g. D4RL/antmaze/medium-diverse-v1) or its D4RL name (e.g. antmaze-medium-diverse-v0)."
-    )
-
-
-def domain_of(dataset_id: str) -> str:
-    for key in ["antmaze", "pointmaze", "kitchen"]:
-        if f"/{key}/" in dataset_id:
-            return key
-    return "adroit" if re.search(r"/(pen|door|hammer|relocate)/", dataset_id) else "locomotion"
-
-
-def flat_observation(obs, domain: str) -> np.ndarray:
-    """The observation as D4RL had it: AntMaze (x, y) + the ant's 27 dims = 29; PointMaze and Kitchen the 'observation'."""
-    if domain == "antmaze":
-        return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
-    return obs["observation"] if isinstance(obs, dict) else obs
-
-
-def relabel(achieved_goal: np.ndarray, goal: np.ndarray, dense: bool) -> tuple:
-    """(reward, terminal) of both phases: terminal within GOAL_RADIUS of the eval goal cell's centre; reward 1 there and
-    0 elsewhere, or exp(−distance) for dense datasets (as D4RL's maze2d-*-dense)."""
-    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
-    reached = distance <= GOAL_RADIUS
-    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
-
-
-def env_action(action: np.ndarray, action_scale) -> np.ndarray:
-    """An action of the networks' [−1, 1] mapped to the env's [low, high] (episode_transitions maps the other way)."""
-    low, high = action_scale
-    return low + (action + 1.0) * (high - low) / 2.0
-
-
-def online_flags(terminated: bool, truncated: bool) -> tuple:
-    """(bootstrap mask, episode over) of one env step: the mask is 0 only on a true termination (for mazes, the
-    relabelled goal: RelabelledGoal); a time limit only ends the episode."""
-    return 1.0 - float(terminated), bool(terminated or truncated)
-
-
-def reward_scale_shift(episode_returns: np.ndarray, domain: str) -> tuple:
-    """The paper's reward preprocessing as r · scale + shift, applied to offline and online rewards alike:
-    mazes r − 1; locomotion r · 1000 / (max − min episode return); otherwise none."""
-    if domain in ("antmaze", "pointmaze"):
-        return 1.0, -1.0
-    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
-        return 1000.0 / float(np.ptp(episode_returns)), 0.0
-    return 1.0, 0.0
-
-
-def episode_transitions(episode, domain: str, goal: Optional[np.ndarray], dense: bool = False, action_scale=(-1.0, 1.0)):
-    """(obs, actions, rewards, next_obs, masks) of one Minari episode; with `goal`, rewards and terminals are relabelled.
-    Actions are mapped from the env's [low, high] to [−1, 1]."""
-    obs = flat_observation(episode.observations, domain).astype(np.float32)
-    rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
-    if goal is not None:
-        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
-    masks = 1.0 - terminals.astype(np.float32)  # a time-limit truncation is not a terminal
-    low, high = action_scale
-    actions = 2.0 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1.0
-    actions = np.clip(actions, -1 + ACTION_EPS, 1 - ACTION_EPS).astype(np.float32)
-    return obs[:-1], actions, rewards, obs[1:], masks
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+# ALGO LOGIC: the losses, with the paper's equation numbers
+def expectile_loss(diff, expectile):
     """Eq. (5): L_2^τ(u) = |τ − 1(u < 0)| u², with u = Q(s, a) − V(s)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.square()).mean()
+    return (torch.where(diff < 0, 1.0 - expectile, expectile) * diff.square()).mean()
 
 
-def awr_weights(advantage: torch.Tensor, temperature: float, exp_adv_max: float) -> torch.Tensor:
-    """Eq. (7): exp(β · (Q − V)), clipped from above so that a few large advantages cannot dominate the batch."""
+def awr_weights(advantage, temperature, exp_adv_max):
+    """Eq. (7): exp(β (Q − V)), clipped so that a few large advantages cannot dominate the batch."""
     return torch.exp(advantage * temperature).clamp(max=exp_adv_max)
 
 
-def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. (6): r + γ · (1 − terminal) · V(s'); V, not a max over actions, so no out-of-dataset action is queried."""
+def td_target(rewards, masks, next_v, gamma):
+    """Eq. (6): r + γ (1 − terminal) V(s'); V, not a max over actions: no out-of-dataset action is queried."""
     return rewards + gamma * masks * next_v
 
 
-def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor):
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def gaussian_log_prob(mean, log_std, actions):
+    """log N(a; mean, exp(log_std)²) summed over action dimensions (no tanh squashing, as the reference)."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-@torch.no_grad()
-def polyak_update(target: nn.Module, source: nn.Module, tau: float):
-    """target ← (1 − τ) target + τ source, outside autograd (else every step links the target into one growing graph)."""
-    for p_t, p in zip(target.parameters(), source.parameters()):
-        p_t.lerp_(p, tau)
+@torch.no_grad()  # the target is a running average, outside any graph
+def polyak_update(target, source, tau):  # θ̂ ← (1 − τ) θ̂ + τ θ
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log N(a; mean, exp(log_std)²) summed over action dimensions (no tanh squashing, as in the reference)."""
-    return (-0.5 * ((actions - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-
-
-class ReplayBuffer:
-    """A ring of `capacity` transitions on the training device, one row each (obs, action, reward, next obs, mask):
-    the offline dataset is written first, online transitions after it, and the oldest row is overwritten once full."""
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device):
-        self.widths = [obs_dim, act_dim, 1, obs_dim, 1]
-        self.rows = torch.zeros(capacity, sum(self.widths), device=device)
-        self.capacity, self.size, self.ptr, self.online_added = capacity, 0, 0, 0
-
-    def add(self, observations, actions, rewards, next_observations, masks, online: bool = True):
-        parts = [observations, actions, rewards, next_observations, masks]
-        parts = [np.asarray(p, np.float32).reshape(len(rewards), -1) for p in parts]
-        self.add_rows(torch.as_tensor(np.concatenate(parts, 1)), online)
-
-    def add_rows(self, rows: torch.Tensor, online: bool = True):
-        if len(rows) == 0:
-            return
-        if len(rows) > self.capacity:
-            raise ValueError(f"{len(rows)} transitions do not fit in a buffer of {self.capacity}")
-        idx = (self.ptr + torch.arange(len(rows))) % self.capacity
-        self.rows[idx.to(self.rows.device)] = rows.to(self.rows.device)
-        self.ptr, self.size = int(idx[-1] + 1) % self.capacity, min(self.size + len(rows), self.capacity)
-        self.online_added += len(rows) if online else 0
-
-    def batch(self, idx) -> Batch:
-        obs, act, rew, next_obs, mask = self.rows[idx].split(self.widths, dim=1)
-        return Batch(obs, act, rew.squeeze(1), next_obs, mask.squeeze(1))
-
-    def sample(self, batch_size: int) -> Batch:
-        return self.batch(torch.randint(self.size, (batch_size,), device=self.rows.device))
-
-    def online_rows(self) -> torch.Tensor:
-        """The online transitions still in the buffer, oldest first (what a checkpoint needs besides the dataset)."""
-        n = min(self.online_added, self.size)
-        return self.rows[(self.ptr - n + torch.arange(n, device=self.rows.device)) % self.capacity]
-
-
-def orthogonal_(weight: torch.Tensor, bias: torch.Tensor):
-    nn.init.orthogonal_(weight, gain=np.sqrt(2))
-    nn.init.zeros_(bias)
+def orthogonal_init(module):
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return module
 
 
 class ValueNetwork(nn.Module):
-    def __init__(self, obs_dim: int, hidden: int):
+    def __init__(self, obs_dim, hidden):
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(obs_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
-        for fc in (self.fc1, self.fc2, self.fc3):
-            orthogonal_(fc.weight, fc.bias)
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+        orthogonal_init(self)
 
     def forward(self, obs):
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(obs))))).squeeze(-1)
+        return self.net(obs).squeeze(-1)
 
 
 class TwinQNetwork(nn.Module):
-    """Q1 and Q2 with their weights stacked on a leading axis of 2 (iql.py's layout, so its checkpoints load)."""
+    """Two Q MLPs with their weights stacked on a leading axis of 2: each layer is one batched matmul."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+    def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        sizes = [(obs_dim + act_dim, hidden), (hidden, hidden), (hidden, 1)]
-        self.weights = nn.ParameterList([nn.Parameter(torch.empty(2, i, o)) for i, o in sizes])
-        self.biases = nn.ParameterList([nn.Parameter(torch.empty(2, 1, o)) for _, o in sizes])
-        for w, b in zip(self.weights, self.biases):
-            for head in range(2):
-                orthogonal_(w.data[head].T, b.data[head])
+        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))  # (q1.fc, q2.fc)
+        self.weights = nn.ParameterList([torch.stack([a.weight.T, b.weight.T]).detach() for a, b in layers])
+        self.biases = nn.ParameterList([torch.stack([a.bias, b.bias])[:, None].detach() for a, b in layers])
 
     def forward(self, obs, actions):  # -> (2, batch)
         x = torch.cat([obs, actions], -1).expand(2, -1, -1)
@@ -361,47 +201,200 @@ class TwinQNetwork(nn.Module):
 
 
 class Actor(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, dropout_rate: float):
+    def __init__(self, obs_dim, act_dim, hidden, dropout_rate):
         super().__init__()
-        self.fc1, self.fc2, self.fc_mean = nn.Linear(obs_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, act_dim)
-        for fc in (self.fc1, self.fc2, self.fc_mean):
-            orthogonal_(fc.weight, fc.bias)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Dropout(dropout_rate),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout_rate),
+            nn.Linear(hidden, act_dim), nn.Tanh(),
+        )  # fmt: skip
+        orthogonal_init(self)
         self.log_std = nn.Parameter(torch.zeros(act_dim))  # state-independent, as in the reference
 
     def forward(self, obs):
-        x = self.dropout(F.relu(self.fc1(obs)))
-        x = self.dropout(F.relu(self.fc2(x)))
-        return torch.tanh(self.fc_mean(x)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.net(obs), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
 
-def load_minari_dataset(dataset_id: str):
+class Adam(nn.Module):
+    """torch.optim.Adam for one network, with the actor's cosine decay of the learning rate if decay_steps.
+    Its step count is a tensor, so that --compile traces the step into the update's graph (torch.optim splits
+    it); a module, so that state_dict() and load_state_dict() save, check and restore it as for a network."""
+
+    def __init__(self, module, lr, decay_steps=0, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__()
+        self.params, self.lr, self.decay_steps, self.betas, self.eps = list(module.parameters()), lr, decay_steps, betas, eps
+        self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
+        self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+        self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+
+    def learning_rate(self, step):
+        """The rate of update step + 1: lr, or lr · ½(1 + cos(π step / decay_steps)) (optax's decay)."""
+        if not self.decay_steps:
+            return torch.full_like(step, self.lr)
+        return self.lr * 0.5 * (1 + torch.cos(math.pi * step.clamp(max=self.decay_steps) / self.decay_steps))
+
+    @torch.no_grad()
+    def step(self, grads):
+        (beta1, beta2), t = self.betas, self.step_count.add_(1)
+        lr, m, v = self.learning_rate(t - 1), list(self.exp_avg), list(self.exp_avg_sq)
+        if not torch.compiler.is_compiling():  # eager: the kernel of torch.optim.Adam(fused=True), one call
+            torch._fused_adam_(self.params, grads, m, v, [], [t] * len(m), lr=lr, beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
+            return
+        step_size, bias_correction2_sqrt = lr / (1 - beta1**t), (1 - beta2**t).sqrt()  # the math, to be fused
+        for param, grad, m_i, v_i in zip(self.params, grads, m, v):
+            m_i.lerp_(grad, 1 - beta1)
+            v_i.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            param.sub_(step_size * m_i / (v_i.sqrt() / bias_correction2_sqrt + self.eps))
+
+
+def value_and_grad(loss_fn, module):
+    """(loss, aux) = loss_fn(module), and the gradients of loss for module.parameters(), leaving .grad alone.
+    Eager: autograd. Compiled: torch.func, which the compiler traces into the update's graph (backward splits)."""
+    params = dict(module.named_parameters())
+    if torch.compiler.is_compiling():
+        loss_of = lambda p: loss_fn(lambda *x: torch.func.functional_call(module, p, x))  # noqa: E731
+        grads, (loss, aux) = torch.func.grad_and_value(loss_of, has_aux=True)(params)
+        return (loss, aux), list(grads.values())
+    with torch.enable_grad():
+        loss, aux = loss_fn(module)
+        grads = torch.autograd.grad(loss, list(params.values()))
+    return (loss.detach(), aux.detach()), list(grads)
+
+
+def fail(message):
+    """Stop with a one-line error that says what to do (exit status 2, as for a bad flag)."""
+    print(f"iql_finetune.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def resolve_dataset_id(name, local_ids=()):
+    """A Minari id or a local dataset as it is, a D4RL name mapped onto Minari; otherwise a helpful error."""
+    if name in MINARI_IDS or name in local_ids:
+        return name
+    if name in D4RL_TO_MINARI:
+        return D4RL_TO_MINARI[name]
+    if m := D4RL_LOCOMOTION.fullmatch(name):
+        quality = NEAREST_MINARI.get(m[2], m[2].split("-")[-1])
+        fail(
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is 'mujoco/{m[1]}/"
+            f"{quality}-v0' (new data, no reference scores: not comparable with the paper)"
+        )
+    close = difflib.get_close_matches(name, MINARI_IDS + list(D4RL_TO_MINARI), n=3, cutoff=0.5)
+    fail(f"unknown dataset '{name}'; the closest known names: {', '.join(close) or 'none'}")
+
+
+def domain_of(dataset_id):
+    for domain in ["antmaze", "pointmaze", "kitchen"]:
+        if f"/{domain}/" in dataset_id:
+            return domain
+    return "adroit" if re.search(r"/(pen|door|hammer|relocate)/", dataset_id) else "locomotion"
+
+
+def flat_observation(obs, domain):
+    """The observation as D4RL had it: AntMaze (x, y) + the ant's 27 dims; else the 'observation'."""
+    if domain == "antmaze":
+        return np.concatenate([obs["achieved_goal"], obs["observation"]], axis=-1)
+    return obs["observation"] if isinstance(obs, dict) else obs
+
+
+def relabel(achieved_goal, goal, dense):
+    """(reward, terminal) as D4RL labelled its mazes: terminal within GOAL_RADIUS of the goal; reward 1 there
+    and 0 elsewhere, or exp(−distance) for the dense datasets."""
+    distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
+    reached = distance <= GOAL_RADIUS
+    return (np.exp(-distance) if dense else reached).astype(np.float32), reached
+
+
+def episode_transitions(episode, domain, goal, dense=False, action_scale=(-1.0, 1.0)):
+    """(obs, actions, rewards, next_obs, masks) of an episode, relabelled if `goal`; actions to [−1, 1]."""
+    obs = flat_observation(episode.observations, domain).astype(np.float32)
+    rewards, terminals = np.asarray(episode.rewards, np.float32), np.asarray(episode.terminations, bool)
+    if goal is not None:
+        rewards, terminals = relabel(episode.observations["achieved_goal"][1:], goal, dense)
+    low, high = action_scale
+    actions = 2 * (np.asarray(episode.actions, np.float32) - low) / (high - low) - 1
+    actions = np.clip(actions, ACTION_EPS - 1, 1 - ACTION_EPS)
+    return obs[:-1], actions, rewards, obs[1:], 1.0 - terminals  # a time-limit truncation bootstraps: mask 1
+
+
+def preprocess_rewards(rewards, episode_returns, domain):
+    """The paper's preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
+    if domain in ("antmaze", "pointmaze"):
+        return rewards - 1.0
+    if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
+        return rewards * 1000.0 / np.ptp(episode_returns)
+    return rewards
+
+
+def load_transitions(dataset, domain, goal, dense, action_scale):
+    """The dataset as one float32 array, a row per transition: obs | action | reward | next obs | mask; and
+    its episode returns, with which online rewards are preprocessed too."""
+    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
+    obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
+    episode_returns = np.array([p[2].sum() for p in parts])
+    rewards = preprocess_rewards(rewards, episode_returns, domain)
+    rows = np.concatenate([obs, actions, rewards[:, None], next_obs, masks[:, None]], 1, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        fail("the dataset contains NaN or inf: repair or re-download it")
+    return rows, episode_returns
+
+
+def to_batch(rows, obs_dim, act_dim):
+    obs, actions, rewards, next_obs, masks = rows.split([obs_dim, act_dim, 1, obs_dim, 1], 1)
+    return Batch(obs, actions, rewards.squeeze(1), next_obs, masks.squeeze(1))
+
+
+def write_rows(buffer, start, rows):
+    """Rows number start, start + 1, ... of all written to the ring buffer; once full, over the oldest."""
+    if len(rows) > len(buffer):
+        raise ValueError(f"{len(rows)} transitions do not fit in a buffer of {len(buffer)}")
+    index = torch.arange(start, start + len(rows), device=buffer.device) % len(buffer)
+    buffer[index] = rows.to(buffer.device)
+
+
+def online_rows(buffer, n_offline, online_added):
+    """The online transitions still in the buffer, oldest first: a checkpoint's rows besides the dataset."""
+    end = n_offline + online_added
+    return buffer[torch.arange(end - min(online_added, len(buffer)), end, device=buffer.device) % len(buffer)]
+
+
+def online_flags(terminated, truncated):
+    """(bootstrap mask, episode over): the mask is 0 only on a termination; a time limit just ends it."""
+    return 1.0 - float(terminated), bool(terminated or truncated)
+
+
+def env_action(action, action_scale):
+    """An action of the networks' [−1, 1] in the env's box (episode_transitions maps the other way)."""
+    low, high = action_scale
+    return low + (action + 1) * (high - low) / 2
+
+
+def load_minari_dataset(dataset_id):
     import minari
 
     try:
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-        reason = str(e).splitlines()[0][:160] if str(e) else ""
         fail(
-            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}: {reason}). "
-            f"Minari looks in {root} (set MINARI_DATASETS_PATH to an absolute path to change it) and downloads what is "
-            f"missing; offline, run `minari download {dataset_id}` on a machine with network access and copy "
-            f"{os.path.join(root, dataset_id)} here."
+            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}). Minari looks in {root} "
+            f"(set MINARI_DATASETS_PATH to change it) and downloads what is missing; offline, run `minari "
+            f"download {dataset_id}` where there is network and copy {os.path.join(root, dataset_id)} here"
         )
 
 
 class RelabelledGoal(gym.Wrapper):
-    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal cell's
-    centre. Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset and judges within 0.45."""
+    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal
+    cell's centre (Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset)."""
 
-    def __init__(self, env, dense: bool):
+    def __init__(self, env, dense):
         super().__init__(env)
         self.goal, self.dense = np.asarray(env.unwrapped.maze.unique_goal_locations[0]), dense
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too, so desired_goal and the target site agree
+        self.env.unwrapped.goal = self.goal.copy()  # the env's own goal too: obs and target site agree
         self.env.unwrapped.update_target_site_pos()
         obs["desired_goal"] = self.goal.copy()
         return obs, {**info, "success": bool(relabel(obs["achieved_goal"], self.goal, self.dense)[1])}
@@ -412,200 +405,123 @@ class RelabelledGoal(gym.Wrapper):
         return obs, float(reward), bool(terminated or reached), truncated, {**info, "success": bool(reached)}
 
 
-def make_eval_env(dataset, dataset_id: str, domain: str, relabelled: bool = True):
-    """The dataset's eval env, also the online training env. Mazes are made episodic (an episode ends at the goal) and,
-    if `relabelled`, judged at the relabelling goal (RelabelledGoal); without it, by Minari's own goal and success."""
+def make_eval_env(dataset, dataset_id, domain, relabelled=True):
+    """The dataset's eval env; a maze episode ends at the goal (the relabelling goal if `relabelled`)."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     if domain not in ("antmaze", "pointmaze"):
         return dataset.recover_environment(eval_env=True)
-    kwargs = dict(continuing_task=False, reset_target=False)
-    if dataset_id.startswith("D4RL/antmaze/umaze"):
-        kwargs["maze_map"] = UMAZE_EVAL_MAP
-    env = dataset.recover_environment(eval_env=True, **kwargs)
-    return RelabelledGoal(env, dense=dataset_id.endswith("-dense-v2")) if relabelled else env
-
-
-def load_transitions(dataset, domain: str, goal: Optional[np.ndarray], dense: bool, action_scale) -> tuple:
-    """The whole dataset as arrays (rewards preprocessed) and the (scale, shift) that online rewards get too."""
-    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
-    obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
-    scale, shift = reward_scale_shift(np.array([p[2].sum() for p in parts]), domain)
-    data = dict(observations=obs, actions=actions, rewards=rewards * scale + shift, next_observations=next_obs, masks=masks)
-    for k, v in data.items():
-        if not np.isfinite(v).all():
-            fail(f"the dataset's {k} contain NaN or inf; repair or re-download the dataset")
-    return data, (scale, shift)
+    umaze = dict(maze_map=UMAZE_EVAL_MAP) if dataset_id.startswith("D4RL/antmaze/umaze") else {}
+    env = dataset.recover_environment(eval_env=True, continuing_task=False, reset_target=False, **umaze)
+    return RelabelledGoal(env, dataset_id.endswith("-dense-v2")) if relabelled else env
 
 
 @torch.no_grad()
-def evaluate(actor, make_env, n_episodes: int, seed: int, domain: str, device, action_scale, n_envs: int = 25) -> dict:
-    """Deterministic (mean) actions on `n_episodes` seeded episodes, several envs stepped side by side. The same seeds
-    every time: every evaluation of a run starts from the same states, so successive scores differ by the policy only."""
+def evaluate(actor, make_env, n_episodes, seed, domain, device, action_scale, ref_scores=(None, None)):
+    """Mean actions in n_episodes envs side by side, seeded seed, seed + 1, ... at every evaluation, so that
+    successive scores differ by the policy only. The paper's score: 100 × success rate for mazes, else
+    100 × (return − random) / (expert − random) with D4RL's reference returns, if the dataset has them."""
+    envs = gym.vector.SyncVectorEnv([make_env] * n_episodes)  # an env that finished restarts: ignored
+    obs, _ = envs.reset(seed=seed)
+    returns, distances = np.zeros(n_episodes), np.zeros(n_episodes)
+    successes, done = np.zeros(n_episodes, bool), np.zeros(n_episodes, bool)
     actor.eval()
-    envs = [make_env() for _ in range(min(n_envs, n_episodes))]
-    returns, successes, distances = [], [], []
-    for first in range(0, n_episodes, len(envs)):
-        batch = envs[: n_episodes - first]
-        raw = [env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]
-        ret, success, alive = np.zeros(len(batch)), np.zeros(len(batch), bool), np.ones(len(batch), bool)
-        while alive.any():
-            live = np.flatnonzero(alive)
-            obs = np.stack([flat_observation(raw[i], domain) for i in live])
-            mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            for i, action in zip(live, env_action(mean.clamp(-1, 1).cpu().numpy(), action_scale)):
-                raw[i], r, terminated, truncated, info = batch[i].step(action)
-                ret[i] += r
-                success[i] |= bool(info.get("success", False))
-                alive[i] = not (terminated or truncated)
-        returns += ret.tolist()
-        successes += success.tolist()
-        distances += [np.linalg.norm(o["achieved_goal"] - o["desired_goal"]) if isinstance(o, dict) else np.nan for o in raw]
-    for env in envs:
-        env.close()
+    while not done.all():
+        mean, _ = actor(torch.as_tensor(flat_observation(obs, domain), dtype=torch.float32, device=device))
+        action = env_action(mean.clamp(-1, 1).cpu().numpy(), action_scale)
+        obs, rewards, terminated, truncated, info = envs.step(action)
+        returns += np.where(done, 0.0, rewards)
+        successes |= ~done & np.asarray(info.get("success", False), bool)
+        if isinstance(obs, dict):
+            distance = np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"], axis=-1)
+            distances = np.where(done, distances, distance)
+        done |= terminated | truncated
+    envs.close()
     actor.train()
-    return dict(returns=np.array(returns), successes=np.array(successes), goal_distances=np.array(distances))
+    result = dict(score=None, success_rate=successes.mean().item(), mean_return=returns.mean().item())
+    if domain in ("antmaze", "pointmaze"):  # the final goal distance: what to look at when a score is zero
+        result |= dict(score=100 * result["success_rate"], goal_distance=distances.mean().item())
+    elif None not in ref_scores:
+        result["score"] = 100 * (result["mean_return"] - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
+    return result
 
 
-def append_evaluation(path: str, row: dict):
-    """Append one evaluation to the run's CSV at once, so that a crash loses none (the header comes with the first)."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        table = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            table.writeheader()
-        table.writerow(row)
+def summary_of(result):
+    score = "n/a" if result["score"] is None else f"{result['score']:.1f}"
+    summary = f"score {score:>6} | success {result['success_rate']:.2f} | return {result['mean_return']:9.2f}"
+    return summary + (f" | goal distance {result['goal_distance']:5.2f}" if "goal_distance" in result else "")
 
 
-def keep_evaluations_until(path: str, step: int):
-    if os.path.exists(path):
-        with open(path) as f:
-            header, *lines = f.readlines()
-        with open(path + ".tmp", "w") as f:
-            f.writelines([header] + [line for line in lines if int(line.split(",")[0]) <= step])
-        os.replace(path + ".tmp", path)
-
-
-def evaluations_summary(path: str) -> str:
-    """The last and the best evaluation of the run (the score, or the mean return where there is no score)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
-    if not rows:  # none yet, or all after the checkpoint a run resumed from
-        return "no evaluation was run"
-    key = "score" if rows[-1]["score"] else "mean_return"
-    best = max(rows, key=lambda row: float(row[key]))
-    return (
-        f"last {key} {float(rows[-1][key]):.1f} at step {rows[-1]['step']} | best {float(best[key]):.1f} at step "
-        f"{best['step']} | all evaluations: {path}"
-    )
-
-
-def score_of(result: dict, domain: str, ref_scores) -> Optional[float]:
-    """The paper's normalised score ×100: success rate for mazes, (return − ref_min)/(ref_max − ref_min) elsewhere."""
-    if domain in ("antmaze", "pointmaze"):
-        return 100.0 * result["successes"].mean()
-    if None in ref_scores:
-        return None
-    return 100.0 * (result["returns"].mean() - ref_scores[0]) / (ref_scores[1] - ref_scores[0])
-
-
-def load_iql_adam_state(optimizer: torch.optim.Adam, module: nn.Module, saved: dict):
-    """iql.py's own Adam stores {step, exp_avg: {name: tensor}, exp_avg_sq: {name: tensor}}; hand them to torch's."""
-    for name, param in module.named_parameters():
-        if saved["exp_avg"][name].shape != param.shape:
-            raise RuntimeError(f"the optimiser state of {name} does not match the network")
-        optimizer.state[param] = dict(
-            step=saved["step"].detach().clone().to(torch.float32),
-            exp_avg=saved["exp_avg"][name].detach().clone(),
-            exp_avg_sq=saved["exp_avg_sq"][name].detach().clone(),
-        )
-
-
-def load_checkpoint(path: str, device, expected_format: str, flag: str) -> dict:
-    """A checkpoint of `expected_format`, or a one-line error naming the flag and what to pass instead."""
-    writer_script = expected_format.split()[0]
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        fail(f"{flag}: no checkpoint at '{path}'; give the path of a checkpoint_<step>.pt file written by {writer_script}")
-    except Exception as e:
-        fail(
-            f"{flag}: cannot read checkpoint '{path}' ({type(e).__name__}); the file is corrupt or not a torch checkpoint. "
-            f"Use another checkpoint_<step>.pt from the same run directory."
-        )
-    found = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if found != expected_format:
-        hint = {CHECKPOINT_FORMAT: " (continue it with --resume)", IQL_CHECKPOINT_FORMAT: " (fine-tune it with --load-model)"}
-        fail(
-            f"{flag}: '{path}' is not an {writer_script} checkpoint (format {found!r}, expected '{expected_format}')"
-            f"{hint.get(found, '')}"
-        )
-    return ckpt
-
-
-def save_checkpoint(path: str, state: dict):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a truncated checkpoint behind."""
-    torch.save(state, path + ".tmp")
+def write_evaluations(path, evaluations):
+    """All of the run's evaluations, rewritten atomically after each one: a crash loses none."""
+    with open(path + ".tmp", "w", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+        table.writeheader()
+        table.writerows(evaluations)
     os.replace(path + ".tmp", path)
 
 
-def check_args(args: Args):
-    checks = [
-        (0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile} (paper: 0.7, 0.9)"),
-        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature} (paper: 0.5 to 10)"),
-        (0 <= args.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {args.dropout_rate}"),
-        (0 < args.gamma <= 1, f"--gamma must be in (0, 1], got {args.gamma}"),
-        (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
-        (args.exp_adv_max > 0, f"--exp-adv-max must be > 0, got {args.exp_adv_max}"),
-        (min(args.actor_lr, args.critic_lr, args.value_lr) > 0, "learning rates must be > 0"),
-        (args.offline_steps >= 0 and args.online_steps >= 0, "--offline-steps and --online-steps must be >= 0"),
-        (args.offline_steps + args.online_steps > 0, "--offline-steps and --online-steps are both 0: nothing to do"),
-        (min(args.buffer_size, args.batch_size, args.hidden_dim) > 0, "--buffer-size, --batch-size, --hidden-dim must be > 0"),
-        (
-            min(args.eval_interval, args.eval_episodes, args.log_interval, args.checkpoint_interval) > 0,
-            "--eval-interval, --eval-episodes, --log-interval and --checkpoint-interval must be > 0",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            fail(message)
+def evaluations_summary(evaluations, path):
+    if not evaluations:
+        return "no evaluation was run"
+    last, key = evaluations[-1], "score" if evaluations[-1]["score"] is not None else "mean_return"
+    best = max(evaluations, key=lambda row: row[key])
+    best = f"best {best[key]:.1f} at step {best['step']}"
+    return f"last {key} {last[key]:.1f} at step {last['step']} | {best} | all evaluations: {path}"
+
+
+def load_checkpoint(path, device, marker):
+    """A checkpoint with `marker` (this script's: --resume; iql.py's: --load-model), or the flag to use."""
+    script = marker.split()[0]
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        fail(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by {script}")
+    except Exception as e:
+        fail(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != marker:
+        hint = {CHECKPOINT_FORMAT: "; continue it with --resume",
+                IQL_CHECKPOINT_FORMAT: "; fine-tune it with --load-model"}.get(found, "")  # fmt: skip
+        fail(f"'{path}' is not an {script} checkpoint (no '{marker}' marker){hint}")
+    return ckpt
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.resume and args.load_model:
-        fail("--resume continues an iql_finetune.py run with its own networks; drop --load-model")
+        fail("--resume continues a run with its own networks; drop --load-model")
     if args.load_model and args.offline_steps is not None:
-        fail("--load-model skips the offline phase (the iql.py checkpoint is the offline result); drop --offline-steps")
-    ckpt = load_checkpoint(args.resume, device, CHECKPOINT_FORMAT, "--resume") if args.resume else None
-    pretrained = load_checkpoint(args.load_model, device, IQL_CHECKPOINT_FORMAT, "--load-model") if args.load_model else None
-    import minari  # noqa: E402  (after argument parsing, so that --help and bad flags answer at once)
+        fail("--load-model skips the offline phase (iql.py has done it); drop --offline-steps")
+    ckpt = load_checkpoint(args.resume, device, CHECKPOINT_FORMAT) if args.resume else None
+    pretrained = load_checkpoint(args.load_model, device, IQL_CHECKPOINT_FORMAT) if args.load_model else None
+    import minari  # noqa: E402  (after parsing, so that --help and bad flags answer at once)
 
-    source, source_path = (ckpt, args.resume) if ckpt else (pretrained, args.load_model)
-    dataset_id = args.env_id or (source["dataset_id"] if source else DEFAULT_ENV_ID)
-    dataset_id = resolve_dataset_id(dataset_id, set(minari.list_local_datasets()))
+    source = ckpt or pretrained
+    env_id = args.env_id or (source["dataset_id"] if source else "antmaze-medium-diverse-v0")
+    dataset_id = resolve_dataset_id(env_id, minari.list_local_datasets())
     if source and dataset_id != source["dataset_id"]:
-        fail(f"'{source_path}' was trained on '{source['dataset_id']}', not '{dataset_id}'; drop --env-id or pass that one")
-    if args.resume:  # the same run goes on: its hyperparameters, not today's defaults
-        args = replace(Args(**ckpt["args"]), resume=args.resume, cuda=args.cuda)
-    elif pretrained:
+        fail(f"the checkpoint was trained on '{source['dataset_id']}', not '{dataset_id}'; drop --env-id")
+    if ckpt:  # the checkpoint's settings are the defaults; a resumed run may change how it runs, not what
+        saved = Args(**ckpt["args"])
+        args = tyro.cli(Args, default=replace(saved, resume=args.resume))
+        fixed = [k for k in vars(saved) if k not in RUN_CONTROL + ["env_id", "resume"]]
+        if changed := [k for k in fixed if getattr(args, k) != getattr(saved, k)]:
+            flags = ", ".join("--" + k.replace("_", "-") for k in RUN_CONTROL)
+            fail(f"--{changed[0].replace('_', '-')} cannot change when resuming (only {flags} can)")
+    elif pretrained:  # fine-tune iql.py's result: its reward, its network size, its hyperparameters if unset
         saved = pretrained["args"]
-        if args.relabel != saved.get("relabel", True):
-            fail(
-                f"the checkpoint was trained with relabel={saved.get('relabel')}, this run has relabel={args.relabel}: "
-                f"its Q and V would mean another reward; use the same --relabel/--no-relabel"
-            )
-        inherited = {k: saved[k] for k in ("expectile", "temperature", "dropout_rate") if getattr(args, k) is None}
-        args = replace(args, offline_steps=0, hidden_dim=saved["hidden_dim"], **inherited)  # unset: as pre-trained
+        if args.relabel != saved["relabel"]:
+            fail(f"iql.py trained it with relabel={saved['relabel']}: match it with --relabel/--no-relabel")
+        unset = [k for k in ("expectile", "temperature", "dropout_rate") if getattr(args, k) is None]
+        args = replace(args, offline_steps=0, hidden_dim=saved["hidden_dim"], **{k: saved[k] for k in unset})
     elif args.offline_steps is None:
-        args = replace(args, offline_steps=DEFAULT_OFFLINE_STEPS)
+        args = replace(args, offline_steps=1_000_000)
     domain = domain_of(dataset_id)
-    args = replace(args, env_id=dataset_id, **{k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None})
-    check_args(args)
+    defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
+    args = replace(args, env_id=dataset_id, **defaults)
     total_steps = args.offline_steps + args.online_steps
 
     # TRY NOT TO MODIFY: seeding
@@ -614,273 +530,212 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     if args.torch_deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True)
 
     dataset = load_minari_dataset(dataset_id)
-    is_maze = domain in ("antmaze", "pointmaze")
-    eval_env = make_eval_env(dataset, dataset_id, domain, args.relabel)
-    goal = eval_env.goal if is_maze and args.relabel else None  # the goal cell's centre, without noise
-    ref_scores = (dataset.storage.metadata.get("ref_min_score"), dataset.storage.metadata.get("ref_max_score"))
-    obs_dim = flat_observation(eval_env.observation_space.sample(), domain).shape[0]
-    act_dim = eval_env.action_space.shape[0]
-    action_scale = (eval_env.action_space.low.astype(np.float32), eval_env.action_space.high.astype(np.float32))
-    eval_env.close()
-    if source and (source["obs_dim"], source["act_dim"]) != (obs_dim, act_dim):
-        fail(f"'{source_path}' has obs/act dims {source['obs_dim']}/{source['act_dim']}, the env {obs_dim}/{act_dim}")
+    make_env = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
+    env = make_env()  # the online env, seeded apart from evaluation
+    goal = env.goal if isinstance(env, RelabelledGoal) else None  # the goal cell's centre
+    obs_dim, act_dim = len(flat_observation(env.observation_space.sample(), domain)), len(env.action_space.low)
+    action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
+    ref_scores = tuple(dataset.storage.metadata.get(f"ref_{k}_score") for k in ("min", "max"))
+    eval_args = (make_env, args.eval_episodes, args.seed + 100_000, domain, device, action_scale, ref_scores)
 
-    # ALGO LOGIC: the replay buffer starts with the whole offline dataset (rewards preprocessed as online ones will be)
+    # ALGO LOGIC: the replay buffer starts with the whole dataset; no larger than the run needs
     dense = dataset_id.endswith("-dense-v2")
-    data, (reward_scale, reward_shift) = load_transitions(dataset, domain, goal, dense, action_scale)
-    n_offline = len(data["rewards"])
+    data, episode_returns = load_transitions(dataset, domain, goal, dense, action_scale)
+    n_offline, online_added = len(data), 0  # the next row goes to (n_offline + online_added) % len(buffer)
     if n_offline > args.buffer_size:
-        fail(f"the dataset ({n_offline} transitions) does not fit in --buffer-size {args.buffer_size}; raise it")
+        fail(f"the dataset ({n_offline} rows) does not fit in --buffer-size {args.buffer_size}; raise it")
     if args.batch_size > n_offline:
         fail(f"--batch-size {args.batch_size} is larger than the dataset ({n_offline} transitions); lower it")
-    buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
-    buffer.add(*(data[k] for k in Batch._fields), online=False)
+    buffer = torch.zeros(min(args.buffer_size, n_offline + args.online_steps), data.shape[1], device=device)
+    buffer[:n_offline] = torch.as_tensor(data)
     del data
-
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout_rate).to(device)
-    qf, vf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device), ValueNetwork(obs_dim, args.hidden_dim).to(device)
-    qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    qf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
+    vf = ValueNetwork(obs_dim, args.hidden_dim).to(device)
+    qf_target = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device).requires_grad_(False)
     qf_target.load_state_dict(qf.state_dict())
-    qf_target.requires_grad_(False)
-    fused = dict(fused=True) if device.type in ("cuda", "cpu") else {}
-    learning_rates = [(actor, args.actor_lr), (qf, args.critic_lr), (vf, args.value_lr)]
-    actor_optimizer, qf_optimizer, vf_optimizer = (
-        torch.optim.Adam(m.parameters(), lr=lr, **fused) for m, lr in learning_rates
-    )
-    modules = dict(
-        actor=actor,
-        qf=qf,
-        qf_target=qf_target,
-        vf=vf,
-        actor_optimizer=actor_optimizer,
-        qf_optimizer=qf_optimizer,
-        vf_optimizer=vf_optimizer,
-    )
-    for name, module in modules.items() if source else []:
-        if source is pretrained and name.endswith("_optimizer"):  # iql.py keeps Adam's moments by parameter name
-            load_iql_adam_state(module, modules[name.removesuffix("_optimizer")], source[name])
-        else:
+    actor_optimizer = Adam(actor, args.actor_lr)  # ALGO LOGIC: constant rates, as the reference fine-tunes
+    qf_optimizer, vf_optimizer = Adam(qf, args.critic_lr), Adam(vf, args.value_lr)
+    modules = dict(actor=actor, qf=qf, qf_target=qf_target, vf=vf)
+    modules |= dict(actor_optimizer=actor_optimizer, qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
+    if source:  # --load-model: iql.py's networks and Adam moments; the learning rates stay the flags'
+        for name, module in modules.items():
             module.load_state_dict(source[name])
-    # ALGO LOGIC: constant learning rates while fine-tuning (iql.py's actor rate has been cosine-decayed to ~0)
-    for optimizer, (_, lr) in zip([actor_optimizer, qf_optimizer, vf_optimizer], learning_rates):
-        optimizer.param_groups[0]["lr"] = lr
 
     # TRY NOT TO MODIFY: run directory, resume, logging
-    start_step, episodes = 0, 0
-    if ckpt:
-        start_step, episodes, run_name = ckpt["step"], ckpt["episodes"], ckpt["run_name"]
+    run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir, start_step, episodes, evaluations = os.path.join(args.runs_dir, run_name), 0, 0, []
+    if args.resume:  # the run goes on in the checkpoint's directory; evaluations after its step are redone
+        run_name, start_step, evaluations = ckpt["run_name"], ckpt["step"], ckpt["evaluations"]
+        episodes = ckpt["episodes"]
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        if ckpt["rng_cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
         note = ""
-        if start_step > args.offline_steps:
-            if ckpt.get("online_rows") is not None:
-                buffer.add_rows(ckpt["online_rows"])
-                buffer.online_added = ckpt["online_added"]  # counts evicted online rows too
-                note = f"; buffer restored: {n_offline} offline + {len(ckpt['online_rows'])} online rows"
-            else:
-                note = (
-                    f"; this checkpoint holds no online transitions (--no-save-buffer), so the buffer restarts "
-                    f"from the offline data alone, without the {ckpt['online_added']} online transitions collected"
-                )
-            note += "; the episode in progress is dropped and a new one starts"
+        if ckpt["online_rows"] is not None:  # back where they were, after the dataset's rows
+            online_added, rows = ckpt["online_added"], ckpt["online_rows"]
+            write_rows(buffer, n_offline + online_added - len(rows), rows)
+            note = f"; buffer restored: {n_offline} offline + {len(rows)} online rows; a new episode starts"
+        elif start_step > args.offline_steps:
+            note = "; the checkpoint holds no online transitions (--no-save-buffer): the offline data alone"
         print(f"resuming run {run_name} at step {start_step}/{total_steps} from {args.resume}{note}")
-    else:
-        run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.runs_dir, run_name)
-        if pretrained:
-            print(f"fine-tuning {args.load_model} (iql.py, step {pretrained['step']}); the offline phase is skipped")
+    elif pretrained:
+        print(f"fine-tuning {args.load_model} (step {pretrained['step']}): the offline phase is skipped")
     os.makedirs(run_dir, exist_ok=True)
-    evaluations_csv = os.path.join(run_dir, "evaluations.csv")
-    if args.resume:  # like tensorboard's purge_step: evaluations after the checkpoint are redone
-        keep_evaluations_until(evaluations_csv, start_step)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
-    hyperparameters = {**asdict(args), "dataset_transitions": n_offline, "device": str(device)}
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hyperparameters.items()))
-    print(
-        f"IQL fine-tuning on {dataset_id} ({domain}, {n_offline} transitions, obs {obs_dim}, act {act_dim}) on {device}: "
-        f"{args.offline_steps} offline + {args.online_steps} online steps"
-    )
-    print("  " + "  ".join(f"{k}={v}" for k, v in asdict(args).items() if k not in ("resume",)))
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    print(f"IQL on {dataset_id} ({domain}, {n_offline} transitions, obs {obs_dim}, act {act_dim}), {device}")
+    print(f"  {args.offline_steps} offline + {args.online_steps} online steps")
+    print("  " + "  ".join(f"{k}={v}" for k, v in asdict(args).items() if k != "resume"))
 
-    def checkpoint(step: int) -> str:
+    def save_checkpoint(step):  # to a temporary file, then renamed: never a truncated checkpoint
         path = os.path.join(run_dir, f"checkpoint_{step}.pt")
-        rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
-        online_rows = buffer.online_rows().cpu() if args.save_buffer and step > args.offline_steps else None
-        save_checkpoint(
-            path,
-            dict(
-                format=CHECKPOINT_FORMAT,
-                step=step,
-                run_name=run_name,
-                dataset_id=dataset_id,
-                args=asdict(replace(args, resume=None)),
-                obs_dim=obs_dim,
-                act_dim=act_dim,
-                episodes=episodes,
-                online_added=buffer.online_added,
-                online_rows=online_rows,
-                rng_cpu=torch.get_rng_state(),
-                rng_cuda=rng_cuda,
-                **{name: module.state_dict() for name, module in modules.items()},
-            ),
-        )
+        state = {name: module.state_dict() for name, module in modules.items()}
+        state |= dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id)
+        state |= dict(args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim)
+        state |= dict(evaluations=evaluations, rng_cpu=torch.get_rng_state(), rng_cuda=None)
+        online = args.save_buffer and step > args.offline_steps  # the offline rows are the dataset's
+        rows = online_rows(buffer, n_offline, online_added).cpu() if online else None
+        state |= dict(episodes=episodes, online_added=online_added, online_rows=rows)
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
         return path
 
-    def update(b: Batch) -> torch.Tensor:
+    @torch.no_grad()  # gradients are taken where they are needed, by value_and_grad
+    def update(b: Batch):
         # ALGO LOGIC: 1. V towards an upper expectile of the target twin-Q's minimum, Eq. (5)
-        with torch.no_grad():
-            target_q = qf_target(b.observations, b.actions).min(0).values
-        v = vf(b.observations)
-        vf_loss = expectile_loss(target_q - v, args.expectile)
-        gradient_step(vf_optimizer, vf_loss)
+        target_q = qf_target(b.observations, b.actions).min(0).values
+
+        def vf_loss_fn(vf):
+            v = vf(b.observations)
+            return expectile_loss(target_q - v, args.expectile), v
+
+        (vf_loss, v), grads = value_and_grad(vf_loss_fn, vf)
+        vf_optimizer.step(grads)
 
         # ALGO LOGIC: the freshly updated V gives both the advantage (actor) and V(s') (Q target)
-        with torch.no_grad():
-            v_obs, next_v = vf(torch.cat([b.observations, b.next_observations])).split(len(b.rewards))
-            advantage = target_q - v_obs
-            weights = awr_weights(advantage, args.temperature, args.exp_adv_max)
-            target = td_target(b.rewards, b.masks, next_v, args.gamma)
+        v_obs, next_v = vf(torch.cat([b.observations, b.next_observations])).split(len(b.rewards))
+        advantage = target_q - v_obs
+        weights = awr_weights(advantage, args.temperature, args.exp_adv_max)
+        target = td_target(b.rewards, b.masks, next_v, args.gamma)
 
         # ALGO LOGIC: 2. advantage-weighted regression of the policy, Eq. (7)
-        mean, log_std = actor(b.observations)
-        actor_loss = -(weights * gaussian_log_prob(mean, log_std, b.actions)).mean()
-        gradient_step(actor_optimizer, actor_loss)
+        def actor_loss_fn(actor):
+            mean, log_std = actor(b.observations)
+            return -(weights * gaussian_log_prob(mean, log_std, b.actions)).mean(), log_std
+
+        (actor_loss, log_std), grads = value_and_grad(actor_loss_fn, actor)
+        actor_optimizer.step(grads)
 
         # ALGO LOGIC: 3. both Q heads regress r + γ V(s'), Eq. (6); 4. Polyak update of the target
-        q = qf(b.observations, b.actions)
-        qf_loss = (q - target).square().mean(1).sum()
-        gradient_step(qf_optimizer, qf_loss)
+        def qf_loss_fn(qf):
+            q = qf(b.observations, b.actions)
+            return (q - target).square().mean(1).sum(), q
+
+        (qf_loss, q), grads = value_and_grad(qf_loss_fn, qf)
+        qf_optimizer.step(grads)
         polyak_update(qf_target, qf, args.tau)
-        return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean()]).detach()
+        return torch.stack([vf_loss, actor_loss, qf_loss, q.mean(), v.mean(), advantage.mean(), log_std.mean()])
 
-    def report(step: int, speeds: str):
-        """Evaluate, log to tensorboard and print the terminal line."""
-        result = evaluate(
-            actor,
-            lambda: make_eval_env(dataset, dataset_id, domain, args.relabel),
-            args.eval_episodes,
-            eval_seed,
-            domain,
-            device,
-            action_scale,
-        )
-        score = score_of(result, domain, ref_scores)
-        writer.add_scalar("eval/return", result["returns"].mean(), step)
-        writer.add_scalar("eval/success_rate", result["successes"].mean(), step)
-        if score is not None:
-            writer.add_scalar("eval/normalized_score", score, step)
-        row = dict(step=step, score=score, success_rate=result["successes"].mean(), mean_return=result["returns"].mean())
-        distance = ""
-        if is_maze:  # the number to look at when a maze score is zero
-            writer.add_scalar("eval/goal_distance", result["goal_distances"].mean(), step)
-            row["goal_distance"] = result["goal_distances"].mean()
-            distance = f" | goal distance {row['goal_distance']:5.2f}"
-        append_evaluation(evaluations_csv, row)
-        phase = f"online {step - args.offline_steps}/{args.online_steps}"
-        if step <= args.offline_steps or step == 0:
-            phase = f"offline {step}/{args.offline_steps}" if args.offline_steps else "loaded model"
-        recent = f"{np.mean(recent_returns):.2f} over {len(recent_returns)}" if recent_returns else "n/a"
-        print(
-            f"step {step:>8}/{total_steps} {phase} | score {'n/a' if score is None else f'{score:6.1f}'} | "
-            f"success {result['successes'].mean():.2f} | return {result['returns'].mean():9.2f}{distance} | "
-            f"episodes {episodes} (return {recent}) | {speeds}",
-            flush=True,
-        )
-
-    update_step = torch.compile(update) if args.compile else update
-    stop_requested = []
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, then checkpoint and exit
-
-    eval_seed, env, recent_returns = args.seed + 100_000, None, []
-    last_good_checkpoint, step = None, start_step
-    log_time, log_step, env_time, env_steps_logged = time.perf_counter(), start_step, 0.0, 0
-    train_time, updates_per_s, env_steps_per_s = 0.0, float("nan"), float("nan")
-    if start_step == 0 and args.offline_steps == 0:
-        report(0, "before fine-tuning")  # the loaded model's offline score
-    for step in range(start_step + 1, total_steps + 1):
+    def evaluate_and_report(step, speeds):
+        result = evaluate(actor, *eval_args)
+        for name, value in result.items():
+            if value is not None:
+                writer.add_scalar(EVAL_TAGS.get(name, f"eval/{name}"), value, step)
+        evaluations.append(dict(step=step, **result))
+        write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
+        phase = f"offline {step}/{args.offline_steps}" if args.offline_steps else "loaded model"
         if step > args.offline_steps:
-            if env is None:  # ALGO LOGIC: the online env is the eval env; seeded apart from evaluation
-                env = make_eval_env(dataset, dataset_id, domain, args.relabel)
+            phase = f"online {step - args.offline_steps}/{args.online_steps}"
+        recent = f"{np.mean(recent_returns):.2f} over {len(recent_returns)}" if recent_returns else "n/a"
+        print(f"step {step:>8}/{total_steps} {phase} | {summary_of(result)} | episodes {episodes}"
+              f" (return {recent}) | {speeds}", flush=True)  # fmt: skip
+
+    # --compile: the whole update as one graph; fullgraph=True makes any split an error, not a silent slowdown
+    update_step = torch.compile(update, fullgraph=True) if args.compile else update
+    stop_requested = []
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, checkpoint, exit
+
+    last_checkpoint, step, log_step, log_time, train_time = args.resume, start_step, start_step, time.perf_counter(), 0
+    recent_returns, env_time, env_sps = [], 0.0, float("nan")  # env_*: acting and env.step
+    if start_step == 0 == args.offline_steps:
+        evaluate_and_report(0, "before fine-tuning")  # the loaded model's score
+    for step in range(start_step + 1, total_steps + 1):
+        if step > args.offline_steps:  # ALGO LOGIC: one env step, then one update, as the reference
+            t0 = time.perf_counter()
+            if step == max(start_step, args.offline_steps) + 1:  # the first online step since (re)start
                 obs = flat_observation(env.reset(seed=args.seed + episodes)[0], domain)
                 ep_return, ep_length, ep_success = 0.0, 0, False
-            t0 = time.perf_counter()
-            with torch.no_grad():  # ALGO LOGIC: explore with a sample of the learned Gaussian, clipped to the action box
+            with torch.no_grad():  # ALGO LOGIC: explore: a sample of the learned Gaussian, clipped
                 actor.eval()
                 mean, log_std = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
                 actor.train()
                 action = (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1, 1).cpu().numpy()
-            next_o, reward, terminated, truncated, info = env.step(env_action(action, action_scale))  # buffer: [−1, 1]
-            next_obs = flat_observation(next_o, domain)
-            # ALGO LOGIC: mazes: RelabelledGoal gives the offline data's relabelled reward and terminal
-            mask, episode_over = online_flags(terminated, truncated)
-            buffer.add(obs[None], action[None], [float(reward) * reward_scale + reward_shift], next_obs[None], [mask])
-            ep_return, ep_length = ep_return + reward, ep_length + 1
+            next_obs, reward, terminated, truncated, info = env.step(env_action(action, action_scale))
+            next_obs = flat_observation(next_obs, domain)
+            mask, episode_over = online_flags(terminated, truncated)  # mazes: RelabelledGoal's terminal
+            scaled = preprocess_rewards(np.float32(reward), episode_returns, domain)  # as the dataset's
+            row = np.concatenate([obs, action, [scaled], next_obs, [mask]], dtype=np.float32)
+            write_rows(buffer, n_offline + online_added, torch.as_tensor(row)[None])
+            online_added += 1
+            obs, ep_return, ep_length = next_obs, ep_return + reward, ep_length + 1
             ep_success |= bool(info.get("success", False))
-            obs = next_obs
             if episode_over:
                 episodes += 1
                 recent_returns = (recent_returns + [ep_return])[-10:]
-                for name, value in [("return", ep_return), ("length", ep_length), ("success", float(ep_success))]:
-                    writer.add_scalar(f"charts/episodic_{name}", value, step)
+                writer.add_scalar("charts/episodic_return", ep_return, step)
+                writer.add_scalar("charts/episodic_length", ep_length, step)
+                writer.add_scalar("charts/episodic_success", float(ep_success), step)
                 obs = flat_observation(env.reset()[0], domain)
                 ep_return, ep_length, ep_success = 0.0, 0, False
             env_time += time.perf_counter() - t0
-            env_steps_logged += 1
 
-        metrics = update_step(buffer.sample(args.batch_size))
+        idx = torch.randint(min(n_offline + online_added, len(buffer)), (args.batch_size,), device=device)
+        metrics = update_step(to_batch(buffer[idx], obs_dim, act_dim))
 
         is_eval = step % args.eval_interval == 0 or step == args.offline_steps or step == total_steps
-        is_ckpt = args.save_model and step % args.checkpoint_interval == 0
-        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # checked before any checkpoint
-            vf_loss, actor_loss, qf_loss, q_mean, v_mean, adv_mean = metrics.tolist()
-            if not np.isfinite([vf_loss, actor_loss, qf_loss]).all():
-                kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "none was written"
-                fail(
-                    f"non-finite loss by step {step} (vf {vf_loss}, actor {actor_loss}, qf {qf_loss}); training stopped and "
-                    f"{kept}. Lower the learning rates or check the dataset's scale."
-                )
+        is_ckpt = args.save_model and (
+            step % args.checkpoint_interval == 0 or step == total_steps or bool(stop_requested)
+        )  # fmt: skip
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check before a checkpoint
+            metrics = metrics.tolist()
+            if not np.isfinite(metrics[:3]).all():
+                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "none was saved"
+                fail(f"non-finite loss by step {step} (V, actor, Q: {metrics[:3]}); training stopped and "
+                     f"{kept}. Lower the learning rates or check the dataset's scale")  # fmt: skip
             now = time.perf_counter()
-            train_time += now - log_time
-            updates_per_s = (step - log_step) / max(now - log_time, 1e-9)  # one update per step, env time included online
-            if env_steps_logged:
-                env_steps_per_s = env_steps_logged / max(env_time, 1e-9)  # acting and env.step alone
-            log_step, log_time, env_time, env_steps_logged = step, now, 0.0, 0
-            for name, value in [
-                ("losses/vf_loss", vf_loss),
-                ("losses/actor_loss", actor_loss),
-                ("losses/qf_loss", qf_loss),
-                ("values/q", q_mean),
-                ("values/v", v_mean),
-                ("values/advantage", adv_mean),
-                ("charts/SPS", updates_per_s),
-                ("charts/updates_per_s", updates_per_s),
-                ("charts/learning_rate", actor_optimizer.param_groups[0]["lr"]),
-            ]:
+            sps, train_time = (step - log_step) / (now - log_time), train_time + now - log_time
+            learning_rate = actor_optimizer.learning_rate(actor_optimizer.step_count).item()
+            for name, value in zip(METRICS, metrics + [sps, learning_rate, sps]):
                 writer.add_scalar(name, value, step)
             if step > args.offline_steps:
-                writer.add_scalar("charts/env_steps_per_s", env_steps_per_s, step)
+                env_sps = (step - max(log_step, args.offline_steps)) / env_time
+                writer.add_scalar("charts/env_steps_per_s", env_sps, step)
+            log_step, log_time, env_time = step, now, 0.0
         if is_eval:
-            speed = (step - start_step) / max(train_time, 1e-9)
+            speed = (step - start_step) / train_time
             eta = time.strftime("%H:%M:%S", time.gmtime((total_steps - step) / speed))
-            report(step, f"{updates_per_s:6.0f} updates/s | {env_steps_per_s:6.0f} env steps/s | ETA {eta}")
+            evaluate_and_report(step, f"{speed:6.0f} updates/s | {env_sps:6.0f} env steps/s | ETA {eta}")
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt or (args.save_model and (step == total_steps or stop_requested)):
-            last_good_checkpoint = checkpoint(step)
+        if is_ckpt:
+            last_checkpoint = save_checkpoint(step)
         if stop_requested:
             break
 
-    if env is not None:
-        env.close()
+    env.close()
     if stop_requested:
-        resume = f"continue: python iql_finetune.py --resume {last_good_checkpoint}" if args.save_model else "--no-save-model"
-        print(f"interrupted at step {step}; {resume}")
+        print(
+            f"interrupted at step {step}; "
+            + (f"continue: python iql_finetune.py --resume {last_checkpoint}" if args.save_model else "")
+        )
     elif args.save_model:
-        print(f"final checkpoint: {last_good_checkpoint}")
+        print(f"final checkpoint: {last_checkpoint}")
     writer.close()
-    print(evaluations_summary(evaluations_csv))
+    print(evaluations_summary(evaluations, os.path.join(run_dir, "evaluations.csv")))

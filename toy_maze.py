@@ -18,6 +18,7 @@ Deviations from the reference:
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,48 +33,27 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the dataset, the training minibatches and (offset by one) the evaluation rollouts"""
-    torch_deterministic: bool = True
-    """torch.use_deterministic_algorithms: makes the table gradients' scatter-add deterministic on CUDA (CPU always is)"""
-    cuda: bool = True
-    """train the tables on CUDA when it is available"""
-    width: int = 10
-    """maze width in cells, border walls included (mazelab's u_maze)"""
-    height: int = 9
-    """maze height in cells, border walls included; the start is the bottom wall's cell in column 1"""
-    obstacle_width: int = 6
-    """width of the obstacle attached to the left wall that makes the U"""
-    obstacle_height: int = 3
-    """height of that obstacle, centred vertically"""
-    noise: float = 0.25
-    """probability that the commanded action is replaced by a uniformly random one"""
-    gamma: float = 0.9
-    """the discount factor gamma"""
-    num_episodes: int = 100
-    """episodes in the offline dataset"""
-    num_optimal_episodes: int = 1
-    """how many of those follow shortest-path actions; the rest take uniformly random actions"""
-    max_episode_steps: int = 100
-    """time limit of the dataset's episodes and of the evaluation rollouts"""
-    expectiles: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95)
-    """the expectiles tau of the V loss, all trained at once; 0.5 is one-step (SARSA-style) evaluation"""
-    total_iterations: int = 100_000
-    """gradient steps on Q and V"""
-    learning_rate: float = 1e-3
-    """Adam learning rate of the Q and V tables"""
-    batch_size: int = 1024
-    """transitions per minibatch"""
-    target_update_interval: int = 100
-    """iterations between copies of Q into the frozen target that V is fitted against"""
-    temperature: float = 10.0
-    """AWR inverse temperature beta of eq. (7)"""
-    eval_episodes: int = 1000
-    """rollouts per policy in the true stochastic maze"""
-    log_interval: int = 10_000
-    """iterations between tensorboard scalars and progress lines"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 1  # seed of the dataset, the minibatches and (plus one) the evaluation rollouts
+    torch_deterministic: bool = True  # deterministic scatter-add of the table gradients on CUDA (CPU always is)
+    cuda: bool = True  # train the tables on CUDA when it is available
+    width: int = 10  # maze width in cells, border walls included (mazelab's u_maze)
+    height: int = 9  # maze height in cells, border walls included (the start is in the bottom wall)
+    obstacle_width: int = 6  # width of the obstacle attached to the left wall that makes the U
+    obstacle_height: int = 3  # height of that obstacle, centred vertically
+    noise: float = 0.25  # probability that the commanded action is replaced by a uniformly random one
+    gamma: float = 0.9  # the discount factor gamma
+    num_episodes: int = 100  # episodes in the offline dataset
+    num_optimal_episodes: int = 1  # episodes of those on a shortest path; the rest act uniformly at random
+    max_episode_steps: int = 100  # time limit of the dataset's episodes and of the evaluation rollouts
+    expectiles: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95)  # expectiles τ of the V loss, trained at once; 0.5 is one-step
+    total_iterations: int = 100_000  # gradient steps on Q and V
+    learning_rate: float = 1e-3  # Adam learning rate of the Q and V tables
+    batch_size: int = 1024  # transitions per minibatch
+    target_update_interval: int = 100  # iterations between copies of Q into the target V is fitted to
+    temperature: float = 10.0  # AWR inverse temperature beta of eq. (7)
+    eval_episodes: int = 1000  # rollouts per policy in the true stochastic maze
+    log_interval: int = 10_000  # iterations between tensorboard scalars and progress lines
 
 
 ENV_ID = "UMaze-v0"
@@ -243,8 +223,9 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
         check_args(args)
-    except ValueError as error:
-        raise SystemExit(f"toy_maze.py: error: {error}") from None
+    except ValueError as error:  # a one-line usage error, exit status 2 as for a bad flag
+        print(f"toy_maze.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     run_name = f"{ENV_ID}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text(

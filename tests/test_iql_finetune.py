@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -62,44 +63,43 @@ def eval_lines(stdout):
 
 
 def rows(values, obs_dim=2, act_dim=1):
-    v = np.asarray(values, np.float32)
-    return (
-        np.repeat(v[:, None], obs_dim, 1),
-        np.repeat(v[:, None], act_dim, 1),
-        v,
-        v[:, None].repeat(obs_dim, 1) + 0.5,
-        np.ones_like(v),
-    )
+    """Buffer rows obs | action | reward | next obs | mask, every column holding the value (next obs: value + 0.5)."""
+    v = torch.as_tensor(values, dtype=torch.float32)[:, None]
+    return torch.cat([v.repeat(1, obs_dim), v.repeat(1, act_dim), v, v.repeat(1, obs_dim) + 0.5, torch.ones_like(v)], 1)
 
 
 def test_buffer_starts_with_the_offline_data_and_evicts_oldest_first():
-    buffer = ft.ReplayBuffer(10, obs_dim=2, act_dim=1, device="cpu")
-    buffer.add(*rows(range(6)), online=False)
-    assert buffer.size == 6 and buffer.online_added == 0 and len(buffer.online_rows()) == 0
-    drawn = buffer.sample(1000)
+    # the script's buffer: a tensor of rows, the dataset's first, then online_added online ones from row n_offline on
+    buffer, n_offline = torch.zeros(10, 7), 6
+    ft.write_rows(buffer, 0, rows(range(6)))
+    size = lambda online_added: min(n_offline + online_added, len(buffer))  # noqa: E731  (the rows sampled from)
+    batch = lambda idx: ft.to_batch(buffer[idx], 2, 1)  # noqa: E731
+    assert size(0) == 6 and len(ft.online_rows(buffer, n_offline, 0)) == 0
+    drawn = batch(torch.randint(size(0), (1000,)))  # as the script samples
     assert set(drawn.rewards.tolist()) == set(range(6))  # only the offline rows, all of them
     assert torch.equal(drawn.observations[:, 0], drawn.rewards)
     assert torch.equal(drawn.next_observations[:, 1], drawn.rewards + 0.5)
 
-    buffer.add(*rows([100, 101, 102]))  # fits: nothing evicted yet
-    assert buffer.size == 9 and sorted(buffer.batch(torch.arange(9)).rewards.tolist()) == [0, 1, 2, 3, 4, 5, 100, 101, 102]
-    for r in range(103, 107):  # one at a time, as the online loop adds them
-        buffer.add(*rows([r]))
-    kept = sorted(buffer.batch(torch.arange(10)).rewards.tolist())
-    assert buffer.size == 10 and kept == [3, 4, 5, 100, 101, 102, 103, 104, 105, 106]  # offline 0, 1, 2 went first
-    assert buffer.online_rows()[:, 3].tolist() == list(range(100, 107))  # reward column, oldest first
-    buffer.add(*rows(range(107, 112)))
-    assert sorted(buffer.batch(torch.arange(10)).rewards.tolist()) == list(range(102, 112))  # then the oldest online ones
-    assert buffer.online_added == 12 and buffer.online_rows()[:, 3].tolist() == list(range(102, 112))
-    restored = ft.ReplayBuffer(10, obs_dim=2, act_dim=1, device="cpu")  # as --resume rebuilds it: dataset, then saved rows
-    restored.add(*rows(range(6)), online=False)
-    restored.add_rows(buffer.online_rows())
-    restored.add(*rows([112]))
-    assert sorted(restored.batch(torch.arange(10)).rewards.tolist()) == list(range(103, 113))  # same FIFO order as before
-    buffer.add_rows(torch.zeros(0, 7))  # e.g. a checkpoint with no online rows yet
-    assert buffer.size == 10 and buffer.online_added == 12
+    ft.write_rows(buffer, n_offline, rows([100, 101, 102]))  # fits: nothing evicted yet
+    assert size(3) == 9 and sorted(batch(torch.arange(9)).rewards.tolist()) == [0, 1, 2, 3, 4, 5, 100, 101, 102]
+    for online_added, r in enumerate(range(103, 107), start=3):  # one at a time, as the online loop adds them
+        ft.write_rows(buffer, n_offline + online_added, rows([r]))
+    kept = sorted(batch(torch.arange(10)).rewards.tolist())
+    assert size(7) == 10 and kept == [3, 4, 5, 100, 101, 102, 103, 104, 105, 106]  # offline 0, 1, 2 went first
+    assert ft.online_rows(buffer, n_offline, 7)[:, 3].tolist() == list(range(100, 107))  # reward column, oldest first
+    ft.write_rows(buffer, n_offline + 7, rows(range(107, 112)))
+    assert sorted(batch(torch.arange(10)).rewards.tolist()) == list(range(102, 112))  # then the oldest online ones
+    assert ft.online_rows(buffer, n_offline, 12)[:, 3].tolist() == list(range(102, 112))
+    restored, saved = torch.zeros(10, 7), ft.online_rows(buffer, n_offline, 12)  # as --resume rebuilds it
+    ft.write_rows(restored, 0, rows(range(6)))  # the dataset, then the saved rows where they were
+    ft.write_rows(restored, n_offline + 12 - len(saved), saved)
+    ft.write_rows(restored, n_offline + 12, rows([112]))
+    assert sorted(ft.to_batch(restored, 2, 1).rewards.tolist()) == list(range(103, 113))  # same FIFO order as before
+    before = buffer.clone()
+    ft.write_rows(buffer, n_offline + 12, torch.zeros(0, 7))  # e.g. a checkpoint with no online rows yet
+    assert torch.equal(buffer, before)
     with pytest.raises(ValueError):
-        buffer.add(*rows(range(11)))
+        ft.write_rows(buffer, 0, rows(range(11)))
 
 
 def test_masks_termination_vs_truncation():
@@ -124,11 +124,13 @@ def test_offline_relabelling_and_reward_shift_match_the_online_ones():
     assert actions.max() < 1 and actions.min() > -1
     _, _, raw_rewards, _, raw_masks = ft.episode_transitions(Episode, "pointmaze", None)  # --no-relabel: Minari's own
     assert raw_rewards.tolist() == [1.0, 1.0, 1.0] and raw_masks.tolist() == [1.0, 1.0, 1.0]
-    assert ft.reward_scale_shift(np.array([1.0, 5.0]), "antmaze") == (1.0, -1.0)
-    assert ft.reward_scale_shift(np.array([100.0, 600.0]), "locomotion") == (2.0, 0.0)
-    assert ft.reward_scale_shift(np.array([100.0, 600.0]), "adroit") == (1.0, 0.0)
+    r = np.array([0.0, 1.0])  # offline rewards; online, one at a time (np.float32) through the same function
+    assert ft.preprocess_rewards(r, np.array([1.0, 5.0]), "antmaze").tolist() == [-1.0, 0.0]
+    assert ft.preprocess_rewards(r, np.array([100.0, 600.0]), "locomotion").tolist() == [0.0, 2.0]
+    assert ft.preprocess_rewards(np.float32(1.0), np.array([100.0, 600.0]), "locomotion") == 2.0
+    assert ft.preprocess_rewards(r, np.array([100.0, 600.0]), "adroit").tolist() == [0.0, 1.0]
     # equal returns (e.g. a pendulum held up for every step of every episode): nothing to normalise, scale 1 (was 1e9)
-    assert ft.reward_scale_shift(np.array([1000.0, 1000.0]), "locomotion") == (1.0, 0.0)
+    assert ft.preprocess_rewards(r, np.array([1000.0, 1000.0]), "locomotion").tolist() == [0.0, 1.0]
 
     dense = ft.episode_transitions(Episode, "pointmaze", POINTMAZE_GOAL, dense=True)  # *-dense-v2: exp(−distance)
     distance = np.linalg.norm(Episode.achieved[1:] - POINTMAZE_GOAL, axis=1)
@@ -146,10 +148,10 @@ def test_actions_are_mapped_between_the_action_space_and_unit_box():
     assert actions.ravel().tolist() == pytest.approx([1 - 1e-5, -1 + 1e-5, 0.0, 0.5])
     assert ft.env_action(np.array([1.0, -0.5]), scale).tolist() == [3.0, -1.0]
 
-    class Env:  # one step per episode; records what evaluate sends to the env
-        sent = []
+    class Env(gym.Env):  # one step per episode; records what evaluate sends to the env (a vector env of these)
+        sent, observation_space, action_space = [], gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-scale[1], scale[1])
 
-        def reset(self, seed):
+        def reset(self, seed=None, options=None):
             return np.zeros(2, np.float32), {}
 
         def step(self, action):
@@ -218,7 +220,9 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
     rows = evaluations(run_dir)  # one row per evaluation, both phases
     assert [r["step"] for r in rows] == ["200", "300", "400", "600"]
     assert list(rows[0]) == ["step", "score", "success_rate", "mean_return", "goal_distance"]
-    summary = ft.evaluations_summary(os.path.join(run_dir, "evaluations.csv")).replace(f"{tmp_path}/", "")  # path as run
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint_600.pt"), weights_only=True)
+    summary = ft.evaluations_summary(ckpt["evaluations"], os.path.join(run_dir, "evaluations.csv"))
+    summary = summary.replace(f"{tmp_path}/", "")  # path as run
     assert proc.stdout.strip().splitlines()[-1] == summary and summary.startswith("last score ")
     for tag in [
         "eval/success_rate",
@@ -234,8 +238,7 @@ def test_smoke_offline_then_online(minari_root, tmp_path):
     rates = [v for _, v in scalars(run_dir, "charts/learning_rate")]
     assert len(rates) == 6 and all(v == pytest.approx(3e-4) for v in rates)  # no decay in either phase
 
-    ckpt = torch.load(os.path.join(run_dir, "checkpoint_600.pt"), weights_only=True)
-    assert ckpt["format"] == "iql_finetune.py checkpoint v1" and ckpt["online_added"] == 300
+    assert ckpt["format"] == "iql_finetune.py checkpoint v2" and ckpt["online_added"] == 300
     online = ckpt["online_rows"].numpy()  # obs (4) | action (2) | reward | next obs (4) | mask
     assert online.shape == (300, 12) and np.abs(online[:, 4:6]).max() <= 1
     assert np.allclose(online[1:, :4][online[:-1, 11] == 1], online[:-1, 7:11][online[:-1, 11] == 1])  # consecutive steps
@@ -311,7 +314,7 @@ def test_load_model_from_an_iql_checkpoint(iql_checkpoint, tmp_path):
     assert (ckpt["args"]["expectile"], ckpt["args"]["temperature"]) == (0.8, 3.0)  # the pre-training's, and the default
     # iql.py's Adam moments came across (its 200 steps plus at most 200 online updates; a fresh Adam would be at ≤ 200)
     iql_adam = torch.load(path, weights_only=True)["qf_optimizer"]
-    assert iql_adam["step"].item() == 200 and 200 < ckpt["qf_optimizer"]["state"][0]["step"].item() <= 400
+    assert iql_adam["step_count"].item() == 200 and 200 < ckpt["qf_optimizer"]["step_count"].item() <= 400
     masks = ckpt["online_rows"][:, -1]  # Hopper's time limit is 1000 steps: every episode ended in 200 steps is a fall
     assert ckpt["episodes"] >= 1 and (masks == 0).sum() == ckpt["episodes"] and set(masks.tolist()) == {0.0, 1.0}
 

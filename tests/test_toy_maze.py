@@ -113,7 +113,7 @@ def test_bad_input_is_rejected(tm):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--expectiles", "0.5", "1.2"], check=False, capture_output=True, text=True
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--expectiles must" in proc.stderr and "Traceback" not in proc.stderr
 
 

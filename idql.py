@@ -338,6 +338,7 @@ class Adam(nn.Module):
         self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
         self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
         self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+        self.m, self.v = list(self.exp_avg), list(self.exp_avg_sq)  # load_state_dict() copies into these
 
     def learning_rate(self, step):
         """The rate of update step + 1: lr, or lr · ½(1 + cos(π step / decay_steps)) (optax's decay)."""
@@ -348,7 +349,7 @@ class Adam(nn.Module):
     @torch.no_grad()
     def step(self, grads):
         (beta1, beta2), t = self.betas, self.step_count.add_(1)
-        lr, m, v = self.learning_rate(t - 1), list(self.exp_avg), list(self.exp_avg_sq)
+        lr, m, v = self.learning_rate(t - 1), self.m, self.v
         if not torch.compiler.is_compiling():  # eager: the kernel of torch.optim.Adam(fused=True), one call
             torch._fused_adam_(self.params, grads, m, v, [], [t] * len(m), lr=lr, beta1=beta1, beta2=beta2,
                                weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
@@ -362,7 +363,7 @@ class Adam(nn.Module):
 
 def value_and_grad(loss_fn, module):
     """(loss, aux) = loss_fn(module), and the gradients of loss for module.parameters(), leaving .grad alone.
-    Eager: autograd. Compiled: torch.func, which the compiler traces into the update's graph (backward splits)."""
+    Eager: autograd. Compiled: torch.func, traced into the update's graph (loss.backward() would split it)."""
     params = dict(module.named_parameters())
     if torch.compiler.is_compiling():
         loss_of = lambda p: loss_fn(lambda *x: torch.func.functional_call(module, p, x))  # noqa: E731
@@ -601,7 +602,8 @@ if __name__ == "__main__":
     make_env = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
     env = make_env()
     goal = env.goal if isinstance(env, RelabelledGoal) else None  # the goal cell's centre
-    obs_dim, act_dim = len(flat_observation(env.observation_space.sample(), domain)), len(env.action_space.low)
+    obs_dim = len(flat_observation(env.observation_space.sample(), domain))
+    act_dim = len(env.action_space.low)
     action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
     ref_scores = tuple(dataset.storage.metadata.get(f"ref_{k}_score") for k in ("min", "max"))
     env.close()
@@ -714,7 +716,8 @@ if __name__ == "__main__":
     stop_requested = []
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, checkpoint, exit
 
-    last_checkpoint, step, log_step, log_time, train_time = args.resume, start_step, start_step, time.perf_counter(), 0
+    last_checkpoint, step, log_step, train_time = args.resume, start_step, start_step, 0.0
+    log_time = time.perf_counter()
     critic_metrics, actor_loss = torch.full((5,), math.nan), torch.tensor(math.nan)  # until their first step
     for step in range(start_step + 1, total_steps + 1):
         # ALGO LOGIC: the critic and the actor are independent; each runs for its own number of steps

@@ -57,7 +57,7 @@ class Args:
     gamma: float = 0.99  # discount factor
     tau: float = 0.005  # Polyak rate of the target Q network
     expectile: Optional[float] = None  # expectile of the V loss (default: mazes 0.9, others 0.7)
-    temperature: Optional[float] = None  # AWR's inverse temperature β (default: mazes 10, locomotion 3, else 0.5)
+    temperature: Optional[float] = None  # AWR's β (default: mazes 10, locomotion 3, others 0.5)
     dropout_rate: Optional[float] = None  # actor dropout (default: Adroit/Kitchen 0.1, others 0)
     exp_adv_max: float = 100.0  # clip of the AWR weights
     actor_lr: float = 3e-4  # actor learning rate (constant in both phases, as in the reference)
@@ -226,6 +226,7 @@ class Adam(nn.Module):
         self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
         self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
         self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
+        self.m, self.v = list(self.exp_avg), list(self.exp_avg_sq)  # load_state_dict() copies into these
 
     def learning_rate(self, step):
         """The rate of update step + 1: lr, or lr · ½(1 + cos(π step / decay_steps)) (optax's decay)."""
@@ -236,7 +237,7 @@ class Adam(nn.Module):
     @torch.no_grad()
     def step(self, grads):
         (beta1, beta2), t = self.betas, self.step_count.add_(1)
-        lr, m, v = self.learning_rate(t - 1), list(self.exp_avg), list(self.exp_avg_sq)
+        lr, m, v = self.learning_rate(t - 1), self.m, self.v
         if not torch.compiler.is_compiling():  # eager: the kernel of torch.optim.Adam(fused=True), one call
             torch._fused_adam_(self.params, grads, m, v, [], [t] * len(m), lr=lr, beta1=beta1, beta2=beta2,
                                weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)  # fmt: skip
@@ -250,7 +251,7 @@ class Adam(nn.Module):
 
 def value_and_grad(loss_fn, module):
     """(loss, aux) = loss_fn(module), and the gradients of loss for module.parameters(), leaving .grad alone.
-    Eager: autograd. Compiled: torch.func, which the compiler traces into the update's graph (backward splits)."""
+    Eager: autograd. Compiled: torch.func, traced into the update's graph (loss.backward() would split it)."""
     params = dict(module.named_parameters())
     if torch.compiler.is_compiling():
         loss_of = lambda p: loss_fn(lambda *x: torch.func.functional_call(module, p, x))  # noqa: E731
@@ -536,7 +537,8 @@ if __name__ == "__main__":
     make_env = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
     env = make_env()  # the online env, seeded apart from evaluation
     goal = env.goal if isinstance(env, RelabelledGoal) else None  # the goal cell's centre
-    obs_dim, act_dim = len(flat_observation(env.observation_space.sample(), domain)), len(env.action_space.low)
+    obs_dim = len(flat_observation(env.observation_space.sample(), domain))
+    act_dim = len(env.action_space.low)
     action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
     ref_scores = tuple(dataset.storage.metadata.get(f"ref_{k}_score") for k in ("min", "max"))
     eval_args = (make_env, args.eval_episodes, args.seed + 100_000, domain, device, action_scale, ref_scores)
@@ -663,7 +665,8 @@ if __name__ == "__main__":
     stop_requested = []
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, checkpoint, exit
 
-    last_checkpoint, step, log_step, log_time, train_time = args.resume, start_step, start_step, time.perf_counter(), 0
+    last_checkpoint, step, log_step, train_time = args.resume, start_step, start_step, 0.0
+    log_time = time.perf_counter()
     recent_returns, env_time, env_sps = [], 0.0, float("nan")  # env_*: acting and env.step
     if start_step == 0 == args.offline_steps:
         evaluate_and_report(0, "before fine-tuning")  # the loaded model's score

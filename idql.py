@@ -96,18 +96,18 @@ class Args:
         for name in ("expectile", "quantile"):
             if getattr(self, name) is not None and not 0 < getattr(self, name) < 1:
                 fail(f"--{name} must be in (0, 1), got {getattr(self, name)} (paper: 0.6 to 0.9)")
-        rates = (self.gamma, self.tau, self.ema_rate, 1 - self.actor_dropout_rate)
-        if not all(0 < rate <= 1 for rate in rates):
-            fail("--gamma, --tau and --ema-rate must be in (0, 1], --actor-dropout-rate in [0, 1)")
-        if self.compile and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++")):
-            fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
+        for name in ["gamma", "tau", "ema_rate"]:
+            if not 0 < getattr(self, name) <= 1:
+                fail(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= (self.actor_dropout_rate or 0) < 1:
+            fail(f"--actor-dropout-rate must be in [0, 1), got {self.actor_dropout_rate}")
 
 
 POSITIVE = "critic_steps actor_steps critic_batch_size actor_batch_size exponential_alpha exp_clip".split()
 POSITIVE += "critic_lr value_lr hidden_dim actor_lr actor_hidden_dim actor_num_blocks diffusion_steps".split()
 POSITIVE += "num_samples eval_interval eval_episodes log_interval checkpoint_interval".split()
+# the flags a resumed run may change (it keeps its checkpoint's directory and settings)
 RUN_CONTROL = "cuda compile eval_interval eval_episodes log_interval save_model checkpoint_interval".split()
-RUN_CONTROL += ["runs_dir"]  # the flags a resumed run may change
 ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS), as in IQL
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
@@ -390,11 +390,13 @@ def resolve_dataset_id(name, local_ids=()):
     if m := D4RL_LOCOMOTION.fullmatch(name):
         quality = NEAREST_MINARI.get(m[2], m[2].split("-")[-1])
         fail(
-            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is 'mujoco/{m[1]}/"
-            f"{quality}-v0' (new data, no reference scores: not comparable with the paper)"
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is "
+            f"'mujoco/{m[1]}/{quality}-v0' (new data, no reference scores, not comparable with the paper): "
+            "pass that to --env-id"
         )
     close = difflib.get_close_matches(name, MINARI_IDS + list(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(f"unknown dataset '{name}'; the closest known names: {', '.join(close) or 'none'}")
+    fail(f"unknown dataset '{name}' (closest: {', '.join(close) or 'none'}); give a Minari id such as "
+         "D4RL/antmaze/medium-diverse-v1 or a D4RL name such as antmaze-medium-diverse-v0")  # fmt: skip
 
 
 def domain_of(dataset_id):
@@ -463,8 +465,9 @@ def load_minari_dataset(dataset_id):
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        reason = f"{type(e).__name__}: {(str(e) or '-').splitlines()[0][:160]}"
         fail(
-            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}). Minari looks in {root} "
+            f"cannot load Minari dataset '{dataset_id}' ({reason}). Minari looks in {root} "
             f"(set MINARI_DATASETS_PATH to change it) and downloads what is missing; offline, run `minari "
             f"download {dataset_id}` where there is network and copy {os.path.join(root, dataset_id)} here"
         )
@@ -539,9 +542,9 @@ def summary_of(result):
 
 
 def write_evaluations(path, evaluations):
-    """All of the run's evaluations, rewritten atomically after each one: a crash loses none."""
+    """All of the run's evaluations, rewritten atomically after each one and on resume: a crash loses none."""
     with open(path + ".tmp", "w", newline="") as f:
-        table = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+        table = csv.DictWriter(f, fieldnames=list(evaluations[0]) if evaluations else [])
         table.writeheader()
         table.writerows(evaluations)
     os.replace(path + ".tmp", path)
@@ -563,13 +566,15 @@ def load_checkpoint(path, device):
         fail(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by idql.py")
     except Exception as e:
         fail(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fail(f"'{path}' is not an idql.py checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        fail(f"'{path}' is not an idql.py checkpoint of this version ({found!r}, not '{CHECKPOINT_FORMAT}')")
     return ckpt
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     ckpt = load_checkpoint(args.resume or args.eval_only, device) if args.resume or args.eval_only else None
     import minari  # noqa: E402  (after parsing, so that --help and bad flags answer at once)
@@ -589,6 +594,9 @@ if __name__ == "__main__":
     defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
     defaults = {k: v for k, v in defaults.items() if k == loss_parameter or k not in LOSS_PARAMETER.values()}
     args = replace(args, env_id=dataset_id, **defaults)
+    compilers = [os.environ.get("CXX") or "g++", "clang++"]  # --compile builds C++ kernels
+    if args.compile and not args.eval_only and not any(map(shutil.which, compilers)):
+        fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -653,6 +661,8 @@ if __name__ == "__main__":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
         print(f"resuming run {run_name} at step {start_step}/{total_steps} from {args.resume}")
     os.makedirs(run_dir, exist_ok=True)
+    if args.resume:  # the table as the checkpoint has it, before anything can stop the run
+        write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")

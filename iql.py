@@ -74,16 +74,17 @@ class Args:
                 fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.expectile is not None and not 0 < self.expectile < 1:
             fail(f"--expectile must be in (0, 1), got {self.expectile} (paper: 0.7 or 0.9)")
-        if not (0 < self.gamma <= 1 and 0 < self.tau <= 1 and 0 <= (self.dropout_rate or 0) < 1):
-            fail("--gamma and --tau must be in (0, 1], --dropout-rate in [0, 1)")
-        if self.compile and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++")):
-            fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
+        for name in ["gamma", "tau"]:
+            if not 0 < getattr(self, name) <= 1:
+                fail(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= (self.dropout_rate or 0) < 1:
+            fail(f"--dropout-rate must be in [0, 1), got {self.dropout_rate}")
 
 
 POSITIVE = "total_steps batch_size hidden_dim temperature exp_adv_max actor_lr critic_lr value_lr".split()
 POSITIVE += "eval_interval eval_episodes log_interval checkpoint_interval".split()
+# the flags a resumed run may change (it keeps its checkpoint's directory and settings)
 RUN_CONTROL = "cuda compile eval_interval eval_episodes log_interval save_model checkpoint_interval".split()
-RUN_CONTROL += ["runs_dir"]  # the flags a resumed run may change
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so their log-likelihood stays finite
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius
@@ -267,11 +268,13 @@ def resolve_dataset_id(name, local_ids=()):
     if m := D4RL_LOCOMOTION.fullmatch(name):
         quality = NEAREST_MINARI.get(m[2], m[2].split("-")[-1])
         fail(
-            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is 'mujoco/{m[1]}/"
-            f"{quality}-v0' (new data, no reference scores: not comparable with the paper)"
+            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is "
+            f"'mujoco/{m[1]}/{quality}-v0' (new data, no reference scores, not comparable with the paper): "
+            "pass that to --env-id"
         )
     close = difflib.get_close_matches(name, MINARI_IDS + list(D4RL_TO_MINARI), n=3, cutoff=0.5)
-    fail(f"unknown dataset '{name}'; the closest known names: {', '.join(close) or 'none'}")
+    fail(f"unknown dataset '{name}' (closest: {', '.join(close) or 'none'}); give a Minari id such as "
+         "D4RL/antmaze/medium-diverse-v1 or a D4RL name such as antmaze-medium-diverse-v0")  # fmt: skip
 
 
 def domain_of(dataset_id):
@@ -340,8 +343,9 @@ def load_minari_dataset(dataset_id):
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        reason = f"{type(e).__name__}: {(str(e) or '-').splitlines()[0][:160]}"
         fail(
-            f"cannot load Minari dataset '{dataset_id}' ({type(e).__name__}). Minari looks in {root} "
+            f"cannot load Minari dataset '{dataset_id}' ({reason}). Minari looks in {root} "
             f"(set MINARI_DATASETS_PATH to change it) and downloads what is missing; offline, run `minari "
             f"download {dataset_id}` where there is network and copy {os.path.join(root, dataset_id)} here"
         )
@@ -417,9 +421,9 @@ def summary_of(result):
 
 
 def write_evaluations(path, evaluations):
-    """All of the run's evaluations, rewritten atomically after each one: a crash loses none."""
+    """All of the run's evaluations, rewritten atomically after each one and on resume: a crash loses none."""
     with open(path + ".tmp", "w", newline="") as f:
-        table = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+        table = csv.DictWriter(f, fieldnames=list(evaluations[0]) if evaluations else [])
         table.writeheader()
         table.writerows(evaluations)
     os.replace(path + ".tmp", path)
@@ -441,13 +445,15 @@ def load_checkpoint(path, device):
         fail(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by iql.py")
     except Exception as e:
         fail(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fail(f"'{path}' is not an iql.py checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        fail(f"'{path}' is not an iql.py checkpoint of this version ({found!r}, not '{CHECKPOINT_FORMAT}')")
     return ckpt
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     ckpt = load_checkpoint(args.resume or args.eval_only, device) if args.resume or args.eval_only else None
     import minari  # noqa: E402  (after parsing, so that --help and bad flags answer at once)
@@ -466,6 +472,9 @@ if __name__ == "__main__":
     domain = domain_of(dataset_id)
     defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
     args = replace(args, env_id=dataset_id, **defaults)
+    compilers = [os.environ.get("CXX") or "g++", "clang++"]  # --compile builds C++ kernels
+    if args.compile and not args.eval_only and not any(map(shutil.which, compilers)):
+        fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -519,6 +528,8 @@ if __name__ == "__main__":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
         print(f"resuming run {run_name} at step {start_step}/{args.total_steps} from {args.resume}")
     os.makedirs(run_dir, exist_ok=True)
+    if args.resume:  # the table as the checkpoint has it, before anything can stop the run
+        write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")

@@ -127,7 +127,7 @@ DOMAIN_DEFAULTS = dict(antmaze=MAZE, pointmaze=MAZE, locomotion=OTHER, kitchen=O
 # Minari's remote catalogue (what this script can read) and the D4RL names that map onto it.
 ANTMAZES = "umaze umaze-diverse medium-play medium-diverse large-play large-diverse".split()
 POINTMAZES = "open umaze medium large open-dense umaze-dense medium-dense large-dense".split()
-ADROIT = [f"{task}/{data}" for task in ("pen", "door", "hammer", "relocate") for data in ("human", "cloned", "expert")]
+ADROIT = [f"{t}/{d}" for t in ("pen", "door", "hammer", "relocate") for d in ("human", "cloned", "expert")]
 MUJOCO = "ant halfcheetah hopper humanoid humanoidstandup walker2d".split()
 MUJOCO_SMALL = "inverteddoublependulum invertedpendulum pusher reacher swimmer".split()
 D4RL_TO_MINARI = {f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)}
@@ -163,7 +163,7 @@ def quantile_loss(diff, quantile):
 
 
 def exponential_loss(diff, alpha, exp_clip):
-    """Section 4.1, linex: (exp(αu) − αu − 1) / α, linear above αu = exp_clip so that it cannot overflow."""
+    """Section 4.1, linex: (exp(αu) - αu - 1) / α, linear above αu = exp_clip so that it cannot overflow."""
     x = alpha * diff
     xc = x.clamp(max=exp_clip)
     return ((torch.exp(xc) - xc - 1 + (math.exp(exp_clip) - 1) * (x - xc)) / alpha).mean()
@@ -179,7 +179,7 @@ def value_loss(diff, args):
 
 
 def implicit_log_weights(q, v, critic_loss, param):
-    """log w(s, a) of the implicit actor π_imp ∝ μ · w (Theorem 4.1), for the critic loss with this τ or α."""
+    """log w(s, a) of the implicit actor π_imp ∝ μ w (Theorem 4.1), for the critic loss with this τ or α."""
     u = q - v
     if critic_loss == "expectile":  # Eq. (9): |τ − 1(Q < V)|
         return torch.log(torch.where(u < 0, 1.0 - param, param))
@@ -277,7 +277,7 @@ class TwinQNetwork(nn.Module):
 
     def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))  # (q1.fc, q2.fc)
+        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))
         self.weights = nn.ParameterList([torch.stack([a.weight.T, b.weight.T]).detach() for a, b in layers])
         self.biases = nn.ParameterList([torch.stack([a.bias, b.bias])[:, None].detach() for a, b in layers])
 
@@ -334,7 +334,8 @@ class Adam(nn.Module):
 
     def __init__(self, module, lr, decay_steps=0, betas=(0.9, 0.999), eps=1e-8):
         super().__init__()
-        self.params, self.lr, self.decay_steps, self.betas, self.eps = list(module.parameters()), lr, decay_steps, betas, eps
+        self.params = list(module.parameters())
+        self.lr, self.decay_steps, self.betas, self.eps = lr, decay_steps, betas, eps
         self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
         self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
         self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
@@ -434,7 +435,7 @@ def episode_transitions(episode, domain, goal, dense=False, action_scale=(-1.0, 
 
 
 def preprocess_rewards(rewards, episode_returns, domain):
-    """The paper's preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
+    """The paper's preprocessing: mazes r - 1; locomotion r * 1000 / (max - min episode return); else none."""
     if domain in ("antmaze", "pointmaze"):
         return rewards - 1.0
     if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
@@ -509,8 +510,8 @@ def make_eval_env(dataset, dataset_id, domain, relabelled=True):
 @torch.no_grad()
 def evaluate(policy, make_env, n_episodes, seed, domain, device, action_scale, ref_scores=(None, None)):
     """policy(obs, generator) in n_episodes envs side by side, seeded seed, seed + 1, ... at every evaluation,
-    so that successive scores differ by the policy only. The paper's score: 100 × success rate for mazes, else
-    100 × (return − random) / (expert − random) with D4RL's reference returns, if the dataset has them."""
+    so that successive scores differ by the policy only. The paper's score: 100 x success rate for mazes, else
+    100 x (return - random) / (expert - random) with D4RL's reference returns, if the dataset has them."""
     envs = gym.vector.SyncVectorEnv([make_env] * n_episodes)  # an env that finished restarts: ignored
     (low, high), (obs, _) = action_scale, envs.reset(seed=seed)
     returns, distances = np.zeros(n_episodes), np.zeros(n_episodes)
@@ -615,7 +616,8 @@ if __name__ == "__main__":
     action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
     ref_scores = tuple(dataset.storage.metadata.get(f"ref_{k}_score") for k in ("min", "max"))
     env.close()
-    actor = ScoreNetwork(obs_dim, act_dim, args.actor_hidden_dim, args.actor_num_blocks, args.actor_dropout_rate).to(device)
+    actor_shape = (args.actor_hidden_dim, args.actor_num_blocks, args.actor_dropout_rate)
+    actor = ScoreNetwork(obs_dim, act_dim, *actor_shape).to(device)
     actor_ema = copy.deepcopy(actor).requires_grad_(False).eval()  # samples the actions, without dropout
     qf = TwinQNetwork(obs_dim, act_dim, args.hidden_dim).to(device)
     vf = ValueNetwork(obs_dim, args.hidden_dim).to(device)
@@ -741,7 +743,7 @@ if __name__ == "__main__":
         is_eval = step % args.eval_interval == 0 or step == total_steps
         is_last = step == total_steps or bool(stop_requested)
         is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or is_last)
-        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check before a checkpoint
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check first
             metrics = critic_metrics.tolist()
             metrics.insert(2, actor_loss.item())  # the V, Q and actor losses, then the values
             training = [step <= args.critic_steps] * 2 + [step <= args.actor_steps]  # those still updating

@@ -103,7 +103,7 @@ DOMAIN_DEFAULTS = dict(antmaze=MAZE, pointmaze=MAZE, locomotion=LOCOMOTION, kitc
 # Minari's remote catalogue (what this script can read) and the D4RL names that map onto it.
 ANTMAZES = "umaze umaze-diverse medium-play medium-diverse large-play large-diverse".split()
 POINTMAZES = "open umaze medium large open-dense umaze-dense medium-dense large-dense".split()
-ADROIT = [f"{task}/{data}" for task in ("pen", "door", "hammer", "relocate") for data in ("human", "cloned", "expert")]
+ADROIT = [f"{t}/{d}" for t in ("pen", "door", "hammer", "relocate") for d in ("human", "cloned", "expert")]
 MUJOCO = "ant halfcheetah hopper humanoid humanoidstandup walker2d".split()
 MUJOCO_SMALL = "inverteddoublependulum invertedpendulum pusher reacher swimmer".split()
 D4RL_TO_MINARI = {f"antmaze-{m}-v{v}": f"D4RL/antmaze/{m}-v1" for m in ANTMAZES for v in range(3)}
@@ -139,7 +139,7 @@ def awr_weights(advantage, temperature, exp_adv_max):
 
 
 def td_target(rewards, masks, next_v, gamma):
-    """Eq. (6): r + γ (1 − terminal) V(s'); V, not a max over actions: no out-of-dataset action is queried."""
+    """Eq. (6): r + γ (1 − terminal) V(s'); V, not a max over actions: no unseen action is queried."""
     return rewards + gamma * masks * next_v
 
 
@@ -179,7 +179,7 @@ class TwinQNetwork(nn.Module):
 
     def __init__(self, obs_dim, act_dim, hidden):
         super().__init__()
-        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))  # (q1.fc, q2.fc)
+        layers = list(zip(*(ValueNetwork(obs_dim + act_dim, hidden).net[::2] for _ in range(2))))
         self.weights = nn.ParameterList([torch.stack([a.weight.T, b.weight.T]).detach() for a, b in layers])
         self.biases = nn.ParameterList([torch.stack([a.bias, b.bias])[:, None].detach() for a, b in layers])
 
@@ -212,7 +212,8 @@ class Adam(nn.Module):
 
     def __init__(self, module, lr, decay_steps=0, betas=(0.9, 0.999), eps=1e-8):
         super().__init__()
-        self.params, self.lr, self.decay_steps, self.betas, self.eps = list(module.parameters()), lr, decay_steps, betas, eps
+        self.params = list(module.parameters())
+        self.lr, self.decay_steps, self.betas, self.eps = lr, decay_steps, betas, eps
         self.register_buffer("step_count", torch.zeros((), device=self.params[0].device))
         self.exp_avg = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
         self.exp_avg_sq = nn.ParameterList([nn.Parameter(torch.zeros_like(p), False) for p in self.params])
@@ -312,7 +313,7 @@ def episode_transitions(episode, domain, goal, dense=False, action_scale=(-1.0, 
 
 
 def preprocess_rewards(rewards, episode_returns, domain):
-    """The paper's preprocessing: mazes r − 1; locomotion r · 1000 / (max − min episode return); else none."""
+    """The paper's preprocessing: mazes r - 1; locomotion r * 1000 / (max - min episode return); else none."""
     if domain in ("antmaze", "pointmaze"):
         return rewards - 1.0
     if domain == "locomotion" and np.ptp(episode_returns) > 1e-6:  # all returns equal: nothing to normalise
@@ -388,7 +389,7 @@ def make_eval_env(dataset, dataset_id, domain, relabelled=True):
 def evaluate(actor, make_env, n_episodes, seed, domain, device, action_scale, ref_scores=(None, None)):
     """Mean actions in n_episodes envs side by side, seeded seed, seed + 1, ... at every evaluation, so that
     successive scores differ by the policy only. The paper's score: 100 × success rate for mazes, else
-    100 × (return − random) / (expert − random) with D4RL's reference returns, if the dataset has them."""
+    100 x (return - random) / (expert - random) with D4RL's reference returns, if the dataset has them."""
     envs = gym.vector.SyncVectorEnv([make_env] * n_episodes)  # an env that finished restarts: ignored
     (low, high), (obs, _) = action_scale, envs.reset(seed=seed)
     returns, distances = np.zeros(n_episodes), np.zeros(n_episodes)
@@ -598,7 +599,7 @@ if __name__ == "__main__":
         is_eval = step % args.eval_interval == 0 or step == args.total_steps
         is_last = step == args.total_steps or bool(stop_requested)
         is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or is_last)
-        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check before a checkpoint
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check first
             metrics = metrics.tolist()
             if not np.isfinite(metrics[:3]).all():
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "none was saved"

@@ -18,6 +18,8 @@ Deviations from the reference (README.md gives the reasons):
 
 import csv
 import difflib
+import itertools
+import json
 import math
 import os
 import random
@@ -27,6 +29,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import gymnasium as gym
@@ -67,6 +70,7 @@ class Args:
     resume: Optional[str] = None  # checkpoint whose run to continue, with its settings
     eval_only: Optional[str] = None  # checkpoint to evaluate, without training
     runs_dir: str = "runs"  # where run directories are made
+    run_name: Optional[str] = None  # the run's folder in runs_dir; if it holds checkpoints, the run continues
 
     def __post_init__(self):  # tyro builds Args from the flags, so a bad value stops here
         for name in POSITIVE:
@@ -439,23 +443,39 @@ def evaluations_summary(evaluations, path):
     return f"last {key} {last[key]:.1f} at step {last['step']} | {best} | all evaluations: {path}"
 
 
-def load_checkpoint(path, device):
+def load_checkpoint(path, device, error=fail):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        fail(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by iql.py")
+        return error(f"no checkpoint at '{path}'; give a checkpoint_<step>.pt written by iql.py")
     except Exception as e:
-        fail(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
+        return error(f"cannot read checkpoint '{path}' ({type(e).__name__}): corrupt or not a torch file")
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found != CHECKPOINT_FORMAT:
-        fail(f"'{path}' is not an iql.py checkpoint of this version ({found!r}, not '{CHECKPOINT_FORMAT}')")
+        return error(f"'{path}' is not an iql.py checkpoint of this version (its format: {found!r})")
     return ckpt
+
+
+def newest_checkpoint(run_dir, device):
+    """The path of the run's newest readable checkpoint, from which --run-name continues it, or None."""
+    info = Path(run_dir, "run.json")
+    if info.exists() and (script := json.loads(info.read_text())["script"]) != "iql.py":
+        fail(f"{run_dir} is a run of {script}, not of iql.py; give another --run-name")
+    steps = [int(p.stem[11:]) for p in Path(run_dir).glob("checkpoint_*.pt") if p.stem[11:].isdigit()]
+    warn = lambda message: print(f"iql.py: warning: {message}; trying an older one", file=sys.stderr)  # noqa: E731
+    for path in [os.path.join(run_dir, f"checkpoint_{step}.pt") for step in sorted(steps, reverse=True)]:
+        if load_checkpoint(path, device, error=warn):
+            return path
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.eval_only and (args.resume or args.run_name):
+        fail("--eval-only evaluates a checkpoint and starts no run: drop --resume and --run-name")
+    if args.run_name and not args.resume:  # the same command continues the run, from its newest checkpoint
+        args = replace(args, resume=newest_checkpoint(os.path.join(args.runs_dir, args.run_name), device))
     ckpt = load_checkpoint(args.resume or args.eval_only, device) if args.resume or args.eval_only else None
     import minari  # noqa: E402  (after parsing, so that --help and bad flags answer at once)
 
@@ -469,7 +489,7 @@ if __name__ == "__main__":
         fixed = [k for k in vars(saved) if k not in RUN_CONTROL + ["env_id", "resume", "eval_only"]]
         if args.resume and (changed := [k for k in fixed if getattr(args, k) != getattr(saved, k)]):
             flags = ", ".join("--" + k.replace("_", "-") for k in RUN_CONTROL)
-            fail(f"--{changed[0].replace('_', '-')} cannot change when resuming (only {flags} can)")
+            fail(f"--{changed[0].replace('_', '-')} cannot change when a run continues (only {flags} can)")
     domain = domain_of(dataset_id)
     defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
     args = replace(args, env_id=dataset_id, **defaults)
@@ -517,21 +537,30 @@ if __name__ == "__main__":
     modules |= dict(actor_optimizer=actor_optimizer, qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
 
     # TRY NOT TO MODIFY: run directory, resume, logging
-    run_name = f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.time():.0f}"
     run_dir, start_step, evaluations = os.path.join(args.runs_dir, run_name), 0, []
     if args.resume:  # the run goes on in the checkpoint's directory; evaluations after its step are redone
         for name, module in modules.items():
             module.load_state_dict(ckpt[name])
-        run_name, start_step, evaluations = ckpt["run_name"], ckpt["step"], ckpt["evaluations"]
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        run_dir, start_step = os.path.dirname(os.path.abspath(args.resume)), ckpt["step"]
+        evaluations = ckpt["evaluations"]
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
-        print(f"resuming run {run_name} at step {start_step}/{args.total_steps} from {args.resume}")
-    os.makedirs(run_dir, exist_ok=True)
-    if args.resume:  # the table as the checkpoint has it, before anything can stop the run
-        write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
-    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else None)
+    for i in itertools.count(2):  # a new run's folder is its own: two started in one second get _2, _3, ...
+        try:
+            os.makedirs(run_dir, exist_ok=bool(args.resume or args.run_name))
+            break
+        except FileExistsError:
+            run_dir = os.path.join(args.runs_dir, f"{run_name}_{i}")
+    args = replace(args, run_name=(run_name := os.path.basename(run_dir)))
+    since = f" from step {start_step} ({args.resume})" if args.resume else ""
+    print(f"{'continuing' if args.resume else 'starting'} {run_name}{since}; its files go to {run_dir}")
+    write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)  # as the checkpoint has it
+    info = dict(script="iql.py", total_steps=args.total_steps, args=asdict(replace(args, resume=None)))
+    Path(run_dir, "run.json.tmp").write_text(json.dumps(info, indent=1))  # what ran, for benchmark/results.py
+    os.replace(os.path.join(run_dir, "run.json.tmp"), os.path.join(run_dir, "run.json"))
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     print(f"IQL on {dataset_id} ({domain}, {len(data)} transitions, obs {obs_dim}, act {act_dim}), {device}")
@@ -587,8 +616,9 @@ if __name__ == "__main__":
 
     # --compile: the whole update as one graph; fullgraph=True makes any split an error, not a silent slowdown
     update_step = torch.compile(update, fullgraph=True) if args.compile else update
-    stop_requested = []
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))  # finish the step, checkpoint, exit
+    stop_requested, stopping = [], False  # Ctrl-C, and SLURM's preemption and time-limit warning: finish the
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # step, checkpoint, exit with 128 + signal
+        signal.signal(signum, lambda signum, _: stop_requested.append(signum))
 
     last_checkpoint, step, log_step, train_time = args.resume, start_step, start_step, 0.0
     log_time = time.perf_counter()
@@ -597,9 +627,9 @@ if __name__ == "__main__":
         metrics = update_step(to_batch(data[idx], obs_dim, act_dim))
 
         is_eval = step % args.eval_interval == 0 or step == args.total_steps
-        is_last = step == args.total_steps or bool(stop_requested)
-        is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or is_last)
-        if step % args.log_interval == 0 or is_eval or is_ckpt or stop_requested:  # NaN check first
+        is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or step == args.total_steps)
+        stopping = bool(stop_requested)  # a signal from here on is seen after the evaluation or the next step
+        if step % args.log_interval == 0 or is_eval or is_ckpt or stopping:  # NaN check first
             metrics = metrics.tolist()
             if not np.isfinite(metrics[:3]).all():
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "none was saved"
@@ -622,16 +652,17 @@ if __name__ == "__main__":
             eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
             print(f"step {step:>8}/{args.total_steps} | {summary_of(result)} | {speed:6.0f} updates/s | ETA {eta}")
             log_time = time.perf_counter()  # evaluation time is not training time
-        if is_ckpt:
+            stopping = bool(stop_requested)  # a signal during the evaluation: this step's checkpoint
+        if is_ckpt or (args.save_model and stopping):
             last_checkpoint = save_checkpoint(step)
-        if stop_requested:
+        if stopping:
             break
 
-    if stop_requested and args.save_model:
-        print(f"interrupted at step {step}; continue with: python iql.py --resume {last_checkpoint}")
-    elif stop_requested:
-        print(f"interrupted at step {step} (--no-save-model: no checkpoint)")
+    if stopping:
+        how = f"continue with: python iql.py --resume {last_checkpoint}" if args.save_model else "no checkpoint"
+        print(f"interrupted by {signal.Signals(stop_requested[0]).name} at step {step}; {how}")
     elif args.save_model:
         print(f"final checkpoint: {last_checkpoint}")
     writer.close()
     print(evaluations_summary(evaluations, os.path.join(run_dir, "evaluations.csv")))
+    raise SystemExit(128 + stop_requested[0] if stopping else 0)

@@ -492,10 +492,11 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
     shutil.copy(run_dir / "checkpoint_10.pt", resumed / "checkpoint_10.pt")
     shutil.copy(run_dir / "evaluations.csv", resumed / "evaluations.csv")  # holds step 20's row, to be purged and redone
     proc = run_script("idql.py", "--resume", resumed / "checkpoint_10.pt", cwd=tmp_path)
-    assert "resuming run" in proc.stdout and "at step 10/20" in proc.stdout
+    assert proc.stdout.startswith("continuing ") and " from step 10 (" in proc.stdout.splitlines()[0]
     a = torch.load(run_dir / "checkpoint_20.pt", weights_only=True)
     b = torch.load(resumed / "checkpoint_20.pt", weights_only=True)  # written into the checkpoint's directory
-    assert_same({k: v for k, v in a.items() if k != "args"}, {k: v for k, v in b.items() if k != "args"})
+    assert b["run_name"] == "resumed"  # a run is named after its folder
+    assert_same(*({k: v for k, v in c.items() if k not in ("args", "run_name")} for c in (a, b)))
     assert (resumed / "evaluations.csv").read_text() == (run_dir / "evaluations.csv").read_text()
     halfway = torch.load(resumed / "checkpoint_10.pt", weights_only=True)
     assert not torch.equal(a["actor"]["fc_out.weight"], halfway["actor"]["fc_out.weight"])  # the second half did train
@@ -528,9 +529,9 @@ def test_ctrl_c_writes_a_checkpoint(minari_root, tmp_path):
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "interrupted at step" in stdout and "--resume" in stdout
-    step = int(stdout.split("interrupted at step ")[1].split(";")[0])
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert "interrupted by SIGINT at step" in stdout and "--resume" in stdout
+    step = int(stdout.split("interrupted by SIGINT at step ")[1].split(";")[0])
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert step > 0 and torch.load(run_dir / f"checkpoint_{step}.pt", weights_only=True)["step"] == step
 

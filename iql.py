@@ -5,20 +5,17 @@ Sergey Levine, ICLR 2022, arXiv:2110.06169. Reference: the authors' JAX code (ik
 one batch per step for the V, actor and Q updates in that order, orthogonal init, a Gaussian policy with
 tanh mean and free log-std, cosine decay of the actor's learning rate, Polyak 0.005.
 
-Deviations from the reference (README.md gives the reasons):
-- Minari data, not D4RL. Mazes are relabelled as D4RL's were (reward = terminal = 1 within 0.5 of the eval
-  goal cell's centre) and scored there, not at Gymnasium-Robotics' moving goal (`--no-relabel`: Minari's own).
-- AntMaze umaze is evaluated on the data env's maze (Minari's eval map is mirrored).
-- PointMaze (not in the paper) takes the AntMaze settings; `*-dense-v2` gets D4RL's reward exp(-distance).
-- Actions are mapped from the env's action box to [-1, 1] and back. Every `mujoco/*` dataset is reward-scaled.
-- Every evaluation of a run starts from the same seeded states (seed + 100000 + episode).
-- Same math, other code: both Q heads in one network (a batched matmul per layer), and Adam written out
-  with a tensor step count, so that `--compile` captures the whole update as one graph.
+Deviations from the reference, with their reasons in docs/iql.md: Minari data, mazes relabelled and scored
+as D4RL's were (reward = terminal = 1 within 0.5 of the eval goal cell's centre; `--no-relabel`: Minari's
+own), umaze on the data env's maze, PointMaze with the AntMaze settings; actions mapped to [-1, 1]; every
+`mujoco/*` dataset reward-scaled; seeded evaluations; both Q heads in one network and Adam written out, so
+that `--compile` makes the whole update one graph.
 """
 
+import collections
 import csv
+import datetime
 import difflib
-import itertools
 import json
 import math
 import os
@@ -30,8 +27,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
+import farama_notifications
 import gymnasium as gym
 import numpy as np
 import torch
@@ -74,8 +72,12 @@ class Args:
 
     def __post_init__(self):  # tyro builds Args from the flags, so a bad value stops here
         for name in POSITIVE:
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < math.inf:
+                fail(f"--{name.replace('_', '-')} must be > 0 and finite, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            fail(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.env_id == "":
+            fail("--env-id is empty: give a Minari id or a D4RL name, or leave it out for the default")
         if self.expectile is not None and not 0 < self.expectile < 1:
             fail(f"--expectile must be in (0, 1), got {self.expectile} (paper: 0.7 or 0.9)")
         for name in ["gamma", "tau"]:
@@ -87,13 +89,15 @@ class Args:
 
 POSITIVE = "total_steps batch_size hidden_dim temperature exp_adv_max actor_lr critic_lr value_lr".split()
 POSITIVE += "eval_interval eval_episodes log_interval checkpoint_interval".split()
-# the flags a resumed run may change (it keeps its checkpoint's directory and settings)
+# the flags a resumed run may change (it keeps its checkpoint's folder and settings)
 RUN_CONTROL = "cuda compile eval_interval eval_episodes log_interval save_model checkpoint_interval".split()
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 ACTION_EPS = 1e-5  # dataset actions are clipped to ±(1 − ACTION_EPS) so their log-likelihood stays finite
 GOAL_RADIUS = 0.5  # D4RL's AntMaze/Maze2d success radius
 UMAZE_EVAL_MAP = [[1, 1, 1, 1, 1], [1, "g", 0, 0, 1], [1, 1, 1, 0, 1], [1, "r", 0, 0, 1], [1, 1, 1, 1, 1]]
 CHECKPOINT_FORMAT = "iql.py checkpoint v3"
+CHECKPOINT_KEYS = "actor qf qf_target vf actor_optimizer qf_optimizer vf_optimizer".split()
+CHECKPOINT_KEYS += "step dataset_id args evaluations rng_cpu rng_cuda".split()
 METRICS = "losses/vf_loss losses/actor_loss losses/qf_loss values/q values/v values/advantage".split()
 METRICS += "values/policy_log_std charts/SPS charts/learning_rate".split()
 EVAL_TAGS = dict(score="eval/normalized_score", success_rate="eval/success_rate", mean_return="eval/return")
@@ -121,14 +125,7 @@ D4RL_LOCOMOTION = re.compile(
     r"(halfcheetah|hopper|walker2d|ant)-(random|medium|medium-replay|medium-expert|expert|full-replay)-v\d"
 )
 NEAREST_MINARI = {"random": "simple", "medium-replay": "medium", "full-replay": "expert"}  # else last word
-
-
-class Batch(NamedTuple):
-    observations: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    next_observations: torch.Tensor
-    masks: torch.Tensor  # 1 − terminal: the bootstrap mask
+Batch = collections.namedtuple("Batch", "observations actions rewards next_observations masks")
 
 
 # ALGO LOGIC: the losses, with the paper's equation numbers
@@ -163,7 +160,6 @@ def orthogonal_init(module):
         if isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
             nn.init.zeros_(layer.bias)
-    return module
 
 
 class ValueNetwork(nn.Module):
@@ -210,9 +206,7 @@ class Actor(nn.Module):
 
 
 class Adam(nn.Module):
-    """torch.optim.Adam for one network, with the actor's cosine decay of the learning rate if decay_steps.
-    Its step count is a tensor, so that --compile traces the step into the update's graph (torch.optim splits
-    it); a module, so that state_dict() and load_state_dict() save, check and restore it as for a network."""
+    """torch.optim.Adam with a tensor step count (so --compile traces it) and the actor's cosine decay."""
 
     def __init__(self, module, lr, decay_steps=0, betas=(0.9, 0.999), eps=1e-8):
         super().__init__()
@@ -245,8 +239,7 @@ class Adam(nn.Module):
 
 
 def value_and_grad(loss_fn, module):
-    """(loss, aux) = loss_fn(module), and the gradients of loss for module.parameters(), leaving .grad alone.
-    Eager: autograd. Compiled: torch.func, traced into the update's graph (loss.backward() would split it)."""
+    """(loss, aux) = loss_fn(module) and the loss's gradients: autograd, or torch.func when compiling."""
     params = dict(module.named_parameters())
     if torch.compiler.is_compiling():
         loss_of = lambda p: loss_fn(lambda *x: torch.func.functional_call(module, p, x))  # noqa: E731
@@ -259,7 +252,6 @@ def value_and_grad(loss_fn, module):
 
 
 def fail(message):
-    """Stop with a one-line error that says what to do (exit status 2, as for a bad flag)."""
     print(f"iql.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -272,11 +264,9 @@ def resolve_dataset_id(name, local_ids=()):
         return D4RL_TO_MINARI[name]
     if m := D4RL_LOCOMOTION.fullmatch(name):
         quality = NEAREST_MINARI.get(m[2], m[2].split("-")[-1])
-        fail(
-            f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is "
-            f"'mujoco/{m[1]}/{quality}-v0' (new data, no reference scores, not comparable with the paper): "
-            "pass that to --env-id"
-        )
+        fail(f"'{name}' is D4RL locomotion data, which Minari does not carry; the nearest is "
+             f"'mujoco/{m[1]}/{quality}-v0' (new data, no reference scores, not comparable with the paper): "
+             "pass that to --env-id")  # fmt: skip
     close = difflib.get_close_matches(name, MINARI_IDS + list(D4RL_TO_MINARI), n=3, cutoff=0.5)
     fail(f"unknown dataset '{name}' (closest: {', '.join(close) or 'none'}); give a Minari id such as "
          "D4RL/antmaze/medium-diverse-v1 or a D4RL name such as antmaze-medium-diverse-v0")  # fmt: skip
@@ -297,8 +287,7 @@ def flat_observation(obs, domain):
 
 
 def relabel(achieved_goal, goal, dense):
-    """(reward, terminal) as D4RL labelled its mazes: terminal within GOAL_RADIUS of the goal; reward 1 there
-    and 0 elsewhere, or exp(−distance) for the dense datasets."""
+    """(reward, terminal) as D4RL labelled mazes: within GOAL_RADIUS of the goal; 1/0 or exp(-distance)."""
     distance = np.linalg.norm(np.asarray(achieved_goal) - goal, axis=-1)
     reached = distance <= GOAL_RADIUS
     return (np.exp(-distance) if dense else reached).astype(np.float32), reached
@@ -327,7 +316,12 @@ def preprocess_rewards(rewards, episode_returns, domain):
 
 def load_transitions(dataset, domain, goal, dense, action_scale):
     """The dataset as one float32 array, a row per transition: obs | action | reward | next obs | mask."""
-    parts = [episode_transitions(ep, domain, goal, dense, action_scale) for ep in dataset.iterate_episodes()]
+    try:  # h5py raises these on a truncated or damaged file
+        parts = [episode_transitions(e, domain, goal, dense, action_scale) for e in dataset]
+    except (OSError, KeyError) as e:
+        path = os.path.join(dataset.storage.data_path, "main_data.hdf5")
+        fail(f"{path} is corrupt ({type(e).__name__}: {e}); delete it and download it again: "
+             f"minari download {dataset.id}")  # fmt: skip
     obs, actions, rewards, next_obs, masks = (np.concatenate(x) for x in zip(*parts))
     rewards = preprocess_rewards(rewards, np.array([p[2].sum() for p in parts]), domain)
     rows = np.concatenate([obs, actions, rewards[:, None], next_obs, masks[:, None]], 1, dtype=np.float32)
@@ -341,24 +335,19 @@ def to_batch(rows, obs_dim, act_dim):
     return Batch(obs, actions, rewards.squeeze(1), next_obs, masks.squeeze(1))
 
 
-def load_minari_dataset(dataset_id):
-    import minari
-
+def load_minari_dataset(dataset_id):  # minari is imported by the main block, after parsing
     try:
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # a missing dataset offline surfaces as a network error from the hub client
         root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         reason = f"{type(e).__name__}: {(str(e) or '-').splitlines()[0][:160]}"
-        fail(
-            f"cannot load Minari dataset '{dataset_id}' ({reason}). Minari looks in {root} "
-            f"(set MINARI_DATASETS_PATH to change it) and downloads what is missing; offline, run `minari "
-            f"download {dataset_id}` where there is network and copy {os.path.join(root, dataset_id)} here"
-        )
+        fail(f"cannot load Minari dataset '{dataset_id}' ({reason}). Minari looks in {root} (set by "
+             f"MINARI_DATASETS_PATH) and downloads what is missing; offline, run `minari download "
+             f"{dataset_id}` elsewhere and copy {os.path.join(root, dataset_id)} here")  # fmt: skip
 
 
 class RelabelledGoal(gym.Wrapper):
-    """A maze judged as its data was relabelled: success, terminal and reward within GOAL_RADIUS of the goal
-    cell's centre (Gymnasium-Robotics moves its goal by up to ±0.25 × maze scale per axis at each reset)."""
+    """A maze judged as its data was relabelled: at the goal cell's centre, not at the env's moving goal."""
 
     def __init__(self, env, dense):
         super().__init__(env)
@@ -379,6 +368,8 @@ class RelabelledGoal(gym.Wrapper):
 
 def make_eval_env(dataset, dataset_id, domain, relabelled=True):
     """The dataset's eval env; a maze episode ends at the goal (the relabelling goal if `relabelled`)."""
+    if not re.search(r"/(door|hammer|relocate)/", dataset_id):  # its import prints a notice on these only
+        farama_notifications.notifications.pop("gymnasium_robotics", None)
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
@@ -391,9 +382,7 @@ def make_eval_env(dataset, dataset_id, domain, relabelled=True):
 
 @torch.no_grad()
 def evaluate(actor, make_env, n_episodes, seed, domain, device, action_scale, ref_scores=(None, None)):
-    """Mean actions in n_episodes envs side by side, seeded seed, seed + 1, ... at every evaluation, so that
-    successive scores differ by the policy only. The paper's score: 100 × success rate for mazes, else
-    100 x (return - random) / (expert - random) with D4RL's reference returns, if the dataset has them."""
+    """Mean over n_episodes envs side by side, seeded seed, seed + 1, ...; the paper's score (docs/iql.md)."""
     envs = gym.vector.SyncVectorEnv([make_env] * n_episodes)  # an env that finished restarts: ignored
     (low, high), (obs, _) = action_scale, envs.reset(seed=seed)
     returns, distances = np.zeros(n_episodes), np.zeros(n_episodes)
@@ -453,6 +442,8 @@ def load_checkpoint(path, device, error=fail):
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found != CHECKPOINT_FORMAT:
         return error(f"'{path}' is not an iql.py checkpoint of this version (its format: {found!r})")
+    if missing := [key for key in CHECKPOINT_KEYS if key not in ckpt]:
+        return error(f"'{path}' is an incomplete checkpoint (it has no {', '.join(missing)}); give another")
     return ckpt
 
 
@@ -462,7 +453,7 @@ def newest_checkpoint(run_dir, device):
     if info.exists() and (script := json.loads(info.read_text())["script"]) != "iql.py":
         fail(f"{run_dir} is a run of {script}, not of iql.py; give another --run-name")
     steps = [int(p.stem[11:]) for p in Path(run_dir).glob("checkpoint_*.pt") if p.stem[11:].isdigit()]
-    warn = lambda message: print(f"iql.py: warning: {message}; trying an older one", file=sys.stderr)  # noqa: E731
+    warn = lambda m: print(f"iql.py: warning: {m}; trying an older one", file=sys.stderr)  # noqa: E731
     for path in [os.path.join(run_dir, f"checkpoint_{step}.pt") for step in sorted(steps, reverse=True)]:
         if load_checkpoint(path, device, error=warn):
             return path
@@ -486,16 +477,22 @@ if __name__ == "__main__":
             fail(f"the checkpoint was trained on '{ckpt['dataset_id']}', not '{dataset_id}'; drop --env-id")
         saved = Args(**ckpt["args"])
         args = tyro.cli(Args, default=replace(saved, resume=args.resume, eval_only=args.eval_only))
-        fixed = [k for k in vars(saved) if k not in RUN_CONTROL + ["env_id", "resume", "eval_only"]]
-        if args.resume and (changed := [k for k in fixed if getattr(args, k) != getattr(saved, k)]):
-            flags = ", ".join("--" + k.replace("_", "-") for k in RUN_CONTROL)
-            fail(f"--{changed[0].replace('_', '-')} cannot change when a run continues (only {flags} can)")
+        control = RUN_CONTROL + (["seed", "relabel"] if args.eval_only else []) + ["env_id", "resume", "eval_only"]
+        if changed := [k for k in vars(saved) if k not in control and getattr(args, k) != getattr(saved, k)]:
+            how = "with --eval-only" if args.eval_only else "when a run continues"
+            flags = ", ".join("--" + k.replace("_", "-") for k in control[:-3])
+            fail(f"--{changed[0].replace('_', '-')} cannot change {how} (only {flags} can)")
     domain = domain_of(dataset_id)
     defaults = {k: v for k, v in DOMAIN_DEFAULTS[domain].items() if getattr(args, k) is None}  # flags unset
     args = replace(args, env_id=dataset_id, **defaults)
     compilers = [os.environ.get("CXX") or "g++", "clang++"]  # --compile builds C++ kernels
     if args.compile and not args.eval_only and not any(map(shutil.which, compilers)):
         fail("--compile needs a C++ compiler (g++, clang++ or $CXX): install one, or drop --compile")
+    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.time():.0f}"
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else f"{args.runs_dir}/{run_name}"
+    parent = next(p for p in [Path(run_dir).absolute(), *Path(run_dir).absolute().parents] if p.exists())
+    if not args.eval_only and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        fail(f"cannot make {run_dir}: {parent} is not a writable folder; give another --runs-dir")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -508,7 +505,7 @@ if __name__ == "__main__":
     dataset = load_minari_dataset(dataset_id)
     make_env = lambda: make_eval_env(dataset, dataset_id, domain, args.relabel)  # noqa: E731
     env = make_env()
-    goal = env.goal if isinstance(env, RelabelledGoal) else None  # the goal cell's centre
+    goal, dense = (env.goal, env.dense) if isinstance(env, RelabelledGoal) else (None, False)  # the goal cell
     obs_dim = len(flat_observation(env.observation_space.sample(), domain))
     act_dim = len(env.action_space.low)
     action_scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
@@ -523,7 +520,6 @@ if __name__ == "__main__":
         print(f"eval-only {dataset_id} | checkpoint step {ckpt['step']} | episodes {args.eval_episodes} | {summary}")
         raise SystemExit(0)
 
-    dense = dataset_id.endswith("-dense-v2")
     data = torch.as_tensor(load_transitions(dataset, domain, goal, dense, action_scale), device=device)
     if args.batch_size > len(data):
         fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data)} transitions); lower it")
@@ -537,32 +533,24 @@ if __name__ == "__main__":
     modules |= dict(actor_optimizer=actor_optimizer, qf_optimizer=qf_optimizer, vf_optimizer=vf_optimizer)
 
     # TRY NOT TO MODIFY: run directory, resume, logging
-    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.time():.0f}"
-    run_dir, start_step, evaluations = os.path.join(args.runs_dir, run_name), 0, []
+    start_step, evaluations = (ckpt["step"], ckpt["evaluations"]) if args.resume else (0, [])
     if args.resume:  # the run goes on in the checkpoint's directory; evaluations after its step are redone
         for name, module in modules.items():
             module.load_state_dict(ckpt[name])
-        run_dir, start_step = os.path.dirname(os.path.abspath(args.resume)), ckpt["step"]
-        evaluations = ckpt["evaluations"]
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
-    for i in itertools.count(2):  # a new run's folder is its own: two started in one second get _2, _3, ...
-        try:
-            os.makedirs(run_dir, exist_ok=bool(args.resume or args.run_name))
-            break
-        except FileExistsError:
-            run_dir = os.path.join(args.runs_dir, f"{run_name}_{i}")
+    try:
+        os.makedirs(run_dir, exist_ok=bool(args.resume or args.run_name))
+    except FileExistsError:  # a new run's folder is its own: another one started in the same second
+        os.makedirs(run_dir := f"{run_dir}_{os.getpid()}")
     args = replace(args, run_name=(run_name := os.path.basename(run_dir)))
     since = f" from step {start_step} ({args.resume})" if args.resume else ""
     print(f"{'continuing' if args.resume else 'starting'} {run_name}{since}; its files go to {run_dir}")
     write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)  # as the checkpoint has it
     info = dict(script="iql.py", total_steps=args.total_steps, args=asdict(replace(args, resume=None)))
-    Path(run_dir, "run.json.tmp").write_text(json.dumps(info, indent=1))  # what ran, for benchmark/results.py
-    os.replace(os.path.join(run_dir, "run.json.tmp"), os.path.join(run_dir, "run.json"))
+    Path(run_dir, "run.json").write_text(json.dumps(info, indent=1))  # what ran, for benchmark/results.py
     writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)
-    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     print(f"IQL on {dataset_id} ({domain}, {len(data)} transitions, obs {obs_dim}, act {act_dim}), {device}")
     print("  " + "  ".join(f"{k}={v}" for k, v in asdict(args).items() if k not in ("resume", "eval_only")))
 
@@ -571,11 +559,15 @@ if __name__ == "__main__":
         state = {name: module.state_dict() for name, module in modules.items()}
         state |= dict(format=CHECKPOINT_FORMAT, step=step, run_name=run_name, dataset_id=dataset_id)
         state |= dict(args=asdict(replace(args, resume=None)), obs_dim=obs_dim, act_dim=act_dim)
-        state |= dict(evaluations=evaluations, rng_cpu=torch.get_rng_state(), rng_cuda=None)
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        rng_cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
+        state |= dict(evaluations=evaluations, rng_cpu=torch.get_rng_state(), rng_cuda=rng_cuda)
+        try:
+            torch.save(state, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except (OSError, RuntimeError) as e:  # a full disk: no partial file left, the earlier ones kept
+            Path(path + ".tmp").unlink(missing_ok=True)
+            fail(f"cannot write {path} (a full disk? {str(e).splitlines()[0][:80]}); the last good "
+                 f"checkpoint is {last_checkpoint or 'none: none was written before'}")  # fmt: skip
         return path
 
     @torch.no_grad()  # gradients are taken where they are needed, by value_and_grad
@@ -620,11 +612,19 @@ if __name__ == "__main__":
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # step, checkpoint, exit with 128 + signal
         signal.signal(signum, lambda signum, _: stop_requested.append(signum))
 
-    last_checkpoint, step, log_step, train_time = args.resume, start_step, start_step, 0.0
-    log_time = time.perf_counter()
+    def pace(step):  # updates/s and the time left, evaluations included, since this process started
+        rate = (step - start_step) / (time.perf_counter() - started)
+        return f"{rate:6.0f} updates/s | ETA {datetime.timedelta(seconds=(args.total_steps - step) // rate)}"
+
+    last_checkpoint, step, log_step, log_time = args.resume, start_step, start_step, time.perf_counter()
+    started = shown = log_time  # progress: redrawn every 2 s in a terminal, a line every 30 s in a log file
+    refresh, end = (2, "\x1b[K\r") if sys.stdout.isatty() else (30, "\n")
     for step in range(start_step + 1, args.total_steps + 1):
         idx = torch.randint(len(data), (args.batch_size,), device=device)
         metrics = update_step(to_batch(data[idx], obs_dim, act_dim))
+        if time.perf_counter() - shown > refresh:
+            print(f"step {step:>8}/{args.total_steps} | {pace(step)}", end=end, flush=True)
+            shown = time.perf_counter()
 
         is_eval = step % args.eval_interval == 0 or step == args.total_steps
         is_ckpt = args.save_model and (step % args.checkpoint_interval == 0 or step == args.total_steps)
@@ -636,7 +636,7 @@ if __name__ == "__main__":
                 fail(f"non-finite loss by step {step} (V, actor, Q: {metrics[:3]}); training stopped and "
                      f"{kept}. Lower the learning rates or check the dataset's scale")  # fmt: skip
             now = time.perf_counter()
-            sps, train_time = (step - log_step) / (now - log_time), train_time + now - log_time
+            sps = (step - log_step) / (now - log_time)
             learning_rate = actor_optimizer.learning_rate(actor_optimizer.step_count).item()
             for name, value in zip(METRICS, metrics + [sps, learning_rate]):
                 writer.add_scalar(name, value, step)
@@ -648,21 +648,17 @@ if __name__ == "__main__":
                     writer.add_scalar(EVAL_TAGS.get(name, f"eval/{name}"), value, step)
             evaluations.append(dict(step=step, **result))
             write_evaluations(os.path.join(run_dir, "evaluations.csv"), evaluations)
-            speed = (step - start_step) / train_time
-            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / speed))
-            print(f"step {step:>8}/{args.total_steps} | {summary_of(result)} | {speed:6.0f} updates/s | ETA {eta}")
-            log_time = time.perf_counter()  # evaluation time is not training time
+            print(f"step {step:>8}/{args.total_steps} | {summary_of(result)} | {pace(step)}")
+            log_time = shown = time.perf_counter()  # evaluation time is not training time (charts/SPS)
             stopping = bool(stop_requested)  # a signal during the evaluation: this step's checkpoint
         if is_ckpt or (args.save_model and stopping):
             last_checkpoint = save_checkpoint(step)
         if stopping:
             break
 
-    if stopping:
-        how = f"continue with: python iql.py --resume {last_checkpoint}" if args.save_model else "no checkpoint"
-        print(f"interrupted by {signal.Signals(stop_requested[0]).name} at step {step}; {how}")
-    elif args.save_model:
-        print(f"final checkpoint: {last_checkpoint}")
     writer.close()
     print(evaluations_summary(evaluations, os.path.join(run_dir, "evaluations.csv")))
-    raise SystemExit(128 + stop_requested[0] if stopping else 0)
+    if stopping:  # the same command (with --run-name) or --resume continues the run
+        how = f"continue with: python iql.py --resume {last_checkpoint}" if args.save_model else "none saved"
+        print(f"interrupted by {signal.Signals(stop_requested[0]).name} at step {step}; {how}")
+        raise SystemExit(128 + stop_requested[0])

@@ -139,8 +139,9 @@ def test_runs_started_in_the_same_second_get_their_own_folders(minari_root, tmp_
     for t in range(now, now + 600):  # every name the default could take in the next ten minutes is taken
         (tmp_path / "runs" / f"D4RL-pointmaze-umaze-v2__iql__1__{t}").mkdir(parents=True)
     proc = run_script("iql.py", *SHORT[:-2], "--total-steps", 10, cwd=tmp_path)
-    name = proc.stdout.split()[1].rstrip(";")
-    assert re.fullmatch(r"D4RL-pointmaze-umaze-v2__iql__1__\d+_2", name) and (tmp_path / "runs" / name / "run.json").exists()
+    name = proc.stdout.split()[1].rstrip(";")  # the taken name with the process id appended
+    assert re.fullmatch(r"D4RL-pointmaze-umaze-v2__iql__1__\d+_\d+", name)
+    assert (tmp_path / "runs" / name / "run.json").exists()
     assert sum(1 for d in (tmp_path / "runs").iterdir() if any(d.iterdir())) == 1
 
 

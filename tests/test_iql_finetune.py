@@ -332,11 +332,47 @@ def test_resume_in_the_online_phase_restores_the_buffer(minari_root, tmp_path):
     assert torch.equal(resumed["online_rows"][:50], mid["online_rows"])  # the rows collected before the stop are kept
     assert [r["step"] for r in evaluations(run_dir)] == ["100", "300"]  # the first run's evaluation at 300 was purged
 
-    mid["online_rows"] = None  # as written with --no-save-buffer
-    no_buffer = os.path.join(run_dir, "checkpoint_no_buffer_150.pt")
-    torch.save(mid, no_buffer)
-    proc = run_script("iql_finetune.py", "--resume", no_buffer, cwd=tmp_path)
+
+def test_no_save_buffer_leaves_the_online_rows_out_and_a_resume_restarts_from_the_offline_data(minari_root, tmp_path):
+    """README: --no-save-buffer leaves the online transitions out of the checkpoints, and a resumed run then restarts from
+    the offline data alone."""
+    common = ["--eval-interval", 1000, "--checkpoint-interval", 150, *TINY]
+    flags = ["--env-id", POINTMAZE, "--offline-steps", 100, "--online-steps", 200, "--no-save-buffer", *common]
+    run_script("iql_finetune.py", *flags, cwd=tmp_path)
+    run_dir = only_run_dir(tmp_path)
+    for step, online_added in [(150, 50), (300, 200)]:
+        ckpt = torch.load(os.path.join(run_dir, f"checkpoint_{step}.pt"), weights_only=True)
+        assert ckpt["online_rows"] is None and ckpt["online_added"] == online_added
+    os.remove(os.path.join(run_dir, "checkpoint_300.pt"))
+    # --save-buffer may change on resume (a run-control flag): the resumed run's last checkpoint shows what it held
+    proc = run_script("iql_finetune.py", "--resume", os.path.join(run_dir, "checkpoint_150.pt"), "--save-buffer", cwd=tmp_path)
     assert "holds no online transitions" in proc.stdout and "offline data alone" in proc.stdout
+    resumed = torch.load(os.path.join(run_dir, "checkpoint_300.pt"), weights_only=True)
+    # the dataset and the 150 transitions of the steps since the resume, none from before it (nor empty rows for them)
+    assert resumed["online_added"] == 150 and len(resumed["online_rows"]) == 150
+    assert (resumed["online_rows"][:, 4:6].abs() > 0).all(dim=1).all()  # every row holds an action taken online
+
+
+def test_a_buffer_smaller_than_dataset_plus_online_steps_evicts_the_oldest_rows_first(minari_root, tmp_path):
+    """--buffer-size 650 with AntMaze umaze's 600 dataset rows and 800 online steps: the ring first overwrites the
+    dataset's rows, then the oldest online ones, so a checkpoint holds the newest 650 online transitions, in order."""
+    import minari
+
+    flags = ["--env-id", "D4RL/antmaze/umaze-v1", "--offline-steps", 100, "--online-steps", 800, "--buffer-size", 650]
+    flags += ["--checkpoint-interval", 300, "--eval-interval", 10_000, "--eval-episodes", 1, *TINY[:4]]
+    run_script("iql_finetune.py", *flags, cwd=tmp_path)
+    run_dir = only_run_dir(tmp_path)
+    ckpt = {step: torch.load(os.path.join(run_dir, f"checkpoint_{step}.pt"), weights_only=True) for step in (300, 600, 900)}
+    rows = {step: c["online_rows"] for step, c in ckpt.items()}  # after 200, 500 and 800 online steps
+    assert [len(r) for r in rows.values()] == [200, 500, 650] and ckpt[900]["online_added"] == 800
+    assert torch.equal(rows[600][:200], rows[300])  # no online row was lost yet: the dataset's rows went first
+    assert torch.equal(rows[900][:350], rows[600][150:])  # then the 150 oldest online ones, the newest kept in order
+    # and they are online rows indeed, not dataset rows read back from where the ring should have written
+    ds = minari.load_dataset("D4RL/antmaze/umaze-v1")
+    env = ft.make_eval_env(ds, ds.id, "antmaze")
+    scale = (env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32))
+    dataset_rows = {tuple(r) for r in ft.load_transitions(ds, "antmaze", env.goal, False, scale)[0].tolist()}
+    assert len(dataset_rows) == 600 and not any(tuple(r) in dataset_rows for r in rows[900].tolist())
 
 
 def test_ctrl_c_in_the_online_phase_writes_a_checkpoint_with_the_buffer(minari_root, tmp_path):
@@ -397,6 +433,21 @@ def test_bad_inputs(iql_checkpoint, tmp_path):
     assert "--expectile must be in (0, 1)" in error("--env-id", POINTMAZE, "--expectile", 1.5)
     assert "does not fit in --buffer-size" in error("--env-id", POINTMAZE, "--buffer-size", 1000)
     assert "unknown dataset" in error("--env-id", "pointmaze-nowhere")
+
+
+def test_load_model_refuses_a_checkpoint_trained_with_the_other_relabelling(minari_root, tmp_path):
+    """A maze checkpoint of iql.py trained on Minari's own rewards (--no-relabel) is fine-tuned on those rewards only: the
+    default relabelling would change the task under the networks."""
+    flags = ["--env-id", POINTMAZE, "--total-steps", 10, "--eval-interval", 10, "--eval-episodes", 1, "--no-relabel"]
+    run_script("iql.py", *flags, *TINY[:4], "--runs-dir", tmp_path / "iql", cwd=tmp_path)
+    (path,) = glob.glob(str(tmp_path / "iql" / "*" / "checkpoint_10.pt"))
+    finetune = ["--load-model", path, "--online-steps", 10, "--eval-episodes", 1, "--runs-dir", tmp_path / "finetune"]
+    proc = run_script("iql_finetune.py", *finetune, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and not (tmp_path / "finetune").exists(), proc.stdout
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message == "iql_finetune.py: error: iql.py trained it with relabel=False: match it with --relabel/--no-relabel"
+    proc = run_script("iql_finetune.py", *finetune, "--no-relabel", cwd=tmp_path)  # matched, it fine-tunes
+    assert "no offline phase" in proc.stdout and "relabel=False" in proc.stdout
 
 
 def test_online_fine_tuning_beats_the_offline_result_on_pointmaze(minari_root, tmp_path):

@@ -36,6 +36,7 @@ TINY = [
     "--checkpoint-interval",
     "10",
 ]
+SMALL_NETS = ["--hidden-dim", "32", "--actor-hidden-dim", "32", "--actor-num-blocks", "1"]  # for runs of many steps
 
 
 def load_script():
@@ -164,8 +165,25 @@ def test_target_and_ema_updates_stay_outside_autograd(idql):
         for p_t, p, b in zip(target.parameters(), source.parameters(), before):
             assert not p_t.requires_grad and p_t.grad_fn is None
             assert torch.allclose(p_t, b + (1 - 0.9**3) * (p - b), atol=1e-6)
-    # every Polyak and EMA update goes through polyak_update (its definition and its two calls), no lerp elsewhere
-    assert SCRIPT.read_text().count("_foreach_lerp_") == 1 and SCRIPT.read_text().count("polyak_update(") == 3
+
+
+def test_each_step_moves_the_target_and_the_ema_once_at_their_rates(minari_root, tmp_path):
+    """In a run, each step moves the target twin-Q towards Q by --tau and the EMA score network towards the trained one
+    by --ema-rate, once, after that step's update (read off the checkpoints of consecutive steps); the target stops
+    with the critic's steps. Rates unlike the defaults and unlike each other, so that a swapped rate shows."""
+    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-steps", "4", "--actor-steps", "6", "--tau", "0.1"]
+    flags += ["--ema-rate", "0.2", *TINY[:6], *SMALL_NETS, "--eval-interval", "100", "--eval-episodes", "1"]
+    run_script("idql.py", *flags, "--checkpoint-interval", "1", cwd=tmp_path)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    ckpt = {t: torch.load(run_dir / f"checkpoint_{t}.pt", weights_only=True) for t in range(1, 7)}
+    for t in range(2, 7):
+        before, after = ckpt[t - 1], ckpt[t]
+        for k, v in after["actor_ema"].items():  # θ_ema ← lerp(θ_ema, θ, ema_rate), the op polyak_update runs
+            assert torch.equal(v, torch.lerp(before["actor_ema"][k], after["actor"][k], 0.2)), (t, k)
+            assert not torch.equal(v, before["actor_ema"][k]), (t, k)
+        for k, v in after["qf_target"].items():
+            expected = torch.lerp(before["qf_target"][k], after["qf"][k], 0.1) if t <= 4 else before["qf_target"][k]
+            assert torch.equal(v, expected), (t, k)
 
 
 def test_sample_batch_keeps_each_transition_whole(idql):
@@ -414,7 +432,30 @@ def test_smoke_antmaze_quantile_implicit(minari_root, tmp_path):
     assert ckpt["actor_optimizer"]["step_count"].item() == 6  # the actor stopped after its own 6 steps
 
 
-def test_eval_only(pointmaze_run, tmp_path):
+def evaluation_rows(run_dir):
+    with open(run_dir / "evaluations.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def row_summary(idql, row):
+    """The summary an evaluation prints, from its row of evaluations.csv."""
+    return idql.summary_of({k: float(v) if v else None for k, v in row.items() if k != "step"})
+
+
+@pytest.fixture(scope="module")
+def pen_runs(minari_root, tmp_path_factory):
+    """The same 20 steps on pen (dense rewards: the return tells two policies apart), evaluated at steps 10 and 20 with
+    argmax selection and at step 20 only with --selection implicit: {selection: run folder}."""
+    cwd = tmp_path_factory.mktemp("idql_pen")
+    flags = ["--env-id", "D4RL/pen/human-v2", "--critic-steps", "20", "--actor-steps", "20", "--seed", "7", *TINY]
+    for selection, every in [("argmax", "10"), ("implicit", "20")]:
+        run_script(
+            "idql.py", *flags, "--eval-interval", every, "--selection", selection, "--runs-dir", cwd / selection, cwd=cwd
+        )
+    return {selection: next((cwd / selection).iterdir()) for selection in ("argmax", "implicit")}
+
+
+def test_eval_only(idql, pointmaze_run, pen_runs, tmp_path):
     _, run_dir = pointmaze_run
     proc = run_script(
         "idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "3", "--num-samples", "4", cwd=tmp_path
@@ -426,6 +467,31 @@ def test_eval_only(pointmaze_run, tmp_path):
         "idql.py", "--eval-only", run_dir / "checkpoint_20.pt", "--eval-episodes", "1", "--seed", "3", cwd=tmp_path
     )
     assert "episodes 1 | N 8 argmax" in proc.stdout and proc.stdout.rstrip().endswith("| seed 3")  # flags override them
+    # with the checkpoint's own settings (2 episodes, N 8, argmax, seed 7) it scores what the run's evaluation of step 20
+    # did (same networks, episodes and noise, CPU): the same score and return, to the digits printed
+    proc = run_script("idql.py", "--eval-only", pen_runs["argmax"] / "checkpoint_20.pt", cwd=tmp_path)
+    (row,) = [row for row in evaluation_rows(pen_runs["argmax"]) if row["step"] == "20"]
+    assert proc.stdout.rstrip().endswith(f"| episodes 2 | N 8 argmax | {row_summary(idql, row)} | seed 7"), proc.stdout
+
+
+def test_evaluation_leaves_the_training_rng_alone(pen_runs):
+    """Evaluation draws its noise from a generator seeded apart from training (README): a run evaluated at step 10 and
+    one that is not (and that selects by resampling, a draw more) reach step 20 bit for bit alike."""
+    assert [r["step"] for r in evaluation_rows(pen_runs["argmax"])] == ["10", "20"]
+    assert [r["step"] for r in evaluation_rows(pen_runs["implicit"])] == ["20"]
+    a, b = (torch.load(pen_runs[s] / "checkpoint_20.pt", weights_only=True) for s in ("argmax", "implicit"))
+    assert_same(*({k: v for k, v in c.items() if k not in ("args", "run_name", "evaluations")} for c in (a, b)))
+
+
+def test_eval_only_takes_another_selection(idql, pen_runs, tmp_path):
+    """--eval-only --selection implicit scores an argmax run's checkpoint as the run trained with --selection implicit
+    scored its own (the same networks: see the test above), not as the argmax run did."""
+    ckpt = pen_runs["argmax"] / "checkpoint_20.pt"
+    proc = run_script("idql.py", "--eval-only", ckpt, "--selection", "implicit", cwd=tmp_path)
+    (argmax,) = [row for row in evaluation_rows(pen_runs["argmax"]) if row["step"] == "20"]
+    (implicit,) = evaluation_rows(pen_runs["implicit"])
+    assert row_summary(idql, implicit) != row_summary(idql, argmax)  # the two selections score these networks apart
+    assert proc.stdout.rstrip().endswith(f"| N 8 implicit | {row_summary(idql, implicit)} | seed 7"), proc.stdout
 
 
 def assert_same(a, b, path="checkpoint"):
@@ -445,22 +511,32 @@ def assert_same(a, b, path="checkpoint"):
         assert a == b, path
 
 
-def test_compile_traces_both_updates_whole_and_the_critic_matches_eager(minari_root, tmp_path):
-    """--compile traces each update as one graph (fullgraph=True: any split is an error). The critic's first step comes
-    before any random draw of the actor's, so it must end where eager PyTorch does; the actor's noise then comes from
-    the compiler's own random stream, so the actors differ: proof that the compiled code ran."""
-    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-steps", "4", "--actor-steps", "2", "--eval-interval", "100"]
-    flags += [*TINY[:6], "--eval-episodes", "1", "--checkpoint-interval", "1", "--hidden-dim", "32"]
-    flags += ["--actor-hidden-dim", "32", "--actor-num-blocks", "1"]
-    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
-        (tmp_path / name).mkdir()
-        assert "step        4/4 | score" in run_script("idql.py", *flags, *extra, cwd=tmp_path / name).stdout
-    eager, compiled = (
-        torch.load(next((tmp_path / n).glob("runs/*/checkpoint_1.pt")), weights_only=True) for n in ("eager", "compiled")
+def test_compile_traces_both_updates_whole_and_matches_eager(minari_root, tmp_path):
+    """--compile traces each update as one graph (fullgraph=True: any split is an error) and computes what eager does,
+    step after step, so that Adam's bias corrections at t = 2, 3, ... are checked too. Compiled, the actor's random
+    draws would come from inductor's own random stream; with torch._inductor.config.fallback_random they come from
+    torch's generator, as eager's do (the rest of the graph is compiled as ever), so every network can be compared."""
+    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-steps", "10", "--actor-steps", "10", "--eval-interval", "100"]
+    flags += [*TINY[:6], "--eval-episodes", "1", "--checkpoint-interval", "1", *SMALL_NETS]
+    wrapper = tmp_path / "idql_eager_random.py"  # idql.py as __main__, after setting inductor's option
+    wrapper.write_text(
+        "import runpy, sys\nimport torch._inductor.config\n\ntorch._inductor.config.fallback_random = True\n"
+        f"sys.argv[0] = {str(SCRIPT)!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
-    for net in ["qf", "qf_target", "vf"]:  # same math, other kernels (eager Adam is torch's fused one)
-        assert all(torch.allclose(eager[net][k], compiled[net][k], rtol=0, atol=1e-5) for k in eager[net]), net
-    assert any(not torch.equal(eager["actor"][k], compiled["actor"][k]) for k in eager["actor"])
+    for name, script, extra in [("eager", "idql.py", []), ("compiled", wrapper, ["--compile"])]:
+        (tmp_path / name).mkdir()
+        proc = run_script(script, *flags, *extra, cwd=tmp_path / name)
+        assert "step       10/10 | score" in proc.stdout and f"compile={bool(extra)}" in proc.stdout
+    for step in range(1, 11):
+        eager, compiled = (
+            torch.load(next((tmp_path / n).glob(f"runs/*/checkpoint_{step}.pt")), weights_only=True)
+            for n in ("eager", "compiled")
+        )
+        # same math, other kernels (eager Adam is torch's fused one): measured max difference 1.2e-7 after 10 steps; Adam
+        # with its step-1 bias corrections held at every step moves the parameters by ~1e-4 from step 2 on
+        for net in ["actor", "actor_ema", "qf", "qf_target", "vf"]:
+            assert all(torch.allclose(eager[net][k], compiled[net][k], rtol=0, atol=1e-5) for k in eager[net]), (step, net)
+    assert any(not torch.equal(eager["actor"][k], compiled["actor"][k]) for k in eager["actor"])  # compiled code ran
 
 
 def test_resume_equals_a_straight_run(minari_root, tmp_path):
@@ -502,38 +578,41 @@ def test_resume_equals_a_straight_run(minari_root, tmp_path):
     assert not torch.equal(a["actor"]["fc_out.weight"], halfway["actor"]["fc_out.weight"])  # the second half did train
 
 
-def test_ctrl_c_writes_a_checkpoint(minari_root, tmp_path):
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minari_root, tmp_path):
+    flags = ["--env-id", "D4RL/pointmaze/umaze-v2", "--critic-steps", "2000", "--actor-steps", "2000", *TINY[:6], *SMALL_NETS]
+    flags += ["--eval-interval", "2000", "--eval-episodes", "1", "--checkpoint-interval", "50"]
+    for name in ["straight", "interrupted"]:
+        (tmp_path / name).mkdir()
+    run_script("idql.py", *flags, cwd=tmp_path / "straight")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--env-id",
-            "D4RL/pointmaze/umaze-v2",
-            "--critic-steps",
-            "100000",
-            "--actor-steps",
-            "100000",
-            *TINY[:6],
-            "--checkpoint-interval",
-            "100000",
-        ],
-        cwd=tmp_path,
+        [sys.executable, str(SCRIPT), *flags],
+        cwd=tmp_path / "interrupted",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    for line in proc.stdout:  # the hyperparameter line comes right before the loop starts
-        if line.startswith("  exp_name="):
-            break
-    time.sleep(3)
+    # the signal goes once step 50's checkpoint exists (written by renaming: whole), i.e. the loop runs, with 1950 of
+    # its 2000 steps (~3 s here) still to go: it cannot miss the run, however fast the machine
+    deadline = time.time() + 120
+    while not list((tmp_path / "interrupted").glob("runs/*/checkpoint_50.pt")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert "interrupted by SIGINT at step" in stdout and "--resume" in stdout
     step = int(stdout.split("interrupted by SIGINT at step ")[1].split(";")[0])
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = (tmp_path / "interrupted" / "runs").iterdir()
     assert step > 0 and torch.load(run_dir / f"checkpoint_{step}.pt", weights_only=True)["step"] == step
+    resume = stdout.split("continue with: python idql.py --resume ")[1].split()[0]  # as the script says to continue
+    assert step < 2000 and resume == f"runs/{run_dir.name}/checkpoint_{step}.pt"
+    run_script("idql.py", "--resume", resume, cwd=tmp_path / "interrupted")
+    a, b = (
+        torch.load(next((tmp_path / n).glob("runs/*/checkpoint_2000.pt")), weights_only=True)
+        for n in ("straight", "interrupted")
+    )
+    assert_same(*({k: v for k, v in c.items() if k not in ("args", "run_name")} for c in (a, b)))
 
 
 # ---------------------------------------------------------------- bad input: a one-line error before any training work
@@ -635,6 +714,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(minari_root, t
     kept = proc.stderr.split("the last good checkpoint is ")[1].split(".pt")[0] + ".pt"
     step = int(kept.rsplit("_", 1)[1][:-3])
     assert (tmp_path / kept).exists() and not ((tmp_path / kept).parent / f"checkpoint_{step + 1}.pt").exists()
+    ckpt = torch.load(tmp_path / kept, weights_only=True)  # good: every network's weights are finite numbers
+    assert all(torch.isfinite(v).all() for net in ["actor", "actor_ema", "qf", "qf_target", "vf"] for v in ckpt[net].values())
 
 
 def test_idql_learns_pointmaze(idql, minari_root, tmp_path):

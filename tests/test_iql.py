@@ -1,6 +1,8 @@
 """iql.py: loss math against hand-computed values, data conversion, and real runs as subprocesses on local Minari data."""
 
+import csv
 import importlib.util
+import json
 import math
 import shutil
 import signal
@@ -400,15 +402,21 @@ def test_resume_in_the_middle_equals_a_straight_run(minari_root, tmp_path):
     assert [s for s, _ in events(resumed_dir)["losses/qf_loss"]][-1] == 80
 
 
-def test_compiled_update_is_one_graph_and_matches_eager(minari_root, tmp_path):
-    """--compile traces the whole update (fullgraph=True: any graph break is an error) and computes what eager does."""
+@pytest.fixture(scope="module")
+def eager_and_compiled(minari_root, tmp_path_factory):
+    """The same 40 steps eager and with --compile, each with a checkpoint at step 20: {name: run folder}."""
+    root = tmp_path_factory.mktemp("compile")
     args = ["--env-id", "D4RL/antmaze/medium-diverse-v1", "--total-steps", 40, "--eval-interval", 40, "--eval-episodes", 1]
     for name, extra in [("eager", []), ("compiled", ["--compile"])]:
-        (tmp_path / name).mkdir()
-        proc = run_script("iql.py", *args, *TINY, *extra, cwd=tmp_path / name)
+        proc = run_script("iql.py", *args, *TINY, "--checkpoint-interval", 20, *extra, "--runs-dir", root / name, cwd=root)
         assert "step       40/40" in proc.stdout
-    eager = final_params(only_run_dir(tmp_path / "eager" / "runs") / "checkpoint_40.pt")
-    compiled = final_params(only_run_dir(tmp_path / "compiled" / "runs") / "checkpoint_40.pt")
+    return {name: only_run_dir(root / name) for name in ("eager", "compiled")}
+
+
+def test_compiled_update_is_one_graph_and_matches_eager(eager_and_compiled):
+    """--compile traces the whole update (fullgraph=True: any graph break is an error) and computes what eager does."""
+    eager = final_params(eager_and_compiled["eager"] / "checkpoint_40.pt")
+    compiled = final_params(eager_and_compiled["compiled"] / "checkpoint_40.pt")
     # same math, different kernels (eager Adam is torch's fused kernel): measured max difference 1.1e-5 after 40 steps,
     # in Q's first layer, where Adam's g / (√v + ε) turns rounding noise in near-zero gradients into lr-sized steps;
     # 2e-7 elsewhere. A wrong update (say, a missing bias correction) moves parameters by ~1e-2 in 40 steps.
@@ -417,18 +425,60 @@ def test_compiled_update_is_one_graph_and_matches_eager(minari_root, tmp_path):
     assert any(not torch.equal(eager[k], compiled[k]) for k in eager)  # it really ran different (compiled) code
 
 
+def resume_from_a_copy(run_dir, step, tmp_path, *flags):
+    """Resume from a copy of run_dir's checkpoint_<step>.pt in a folder of its own; returns (process, that folder)."""
+    folder = tmp_path / f"resumed_{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    shutil.copy(run_dir / f"checkpoint_{step}.pt", folder)
+    proc = run_script("iql.py", "--resume", folder / f"checkpoint_{step}.pt", *flags, cwd=tmp_path)
+    assert proc.stdout.startswith("continuing ") and f" from step {step} (" in proc.stdout.splitlines()[0]
+    return proc, folder
+
+
+def test_a_compiled_run_resumes_bit_for_bit(eager_and_compiled, tmp_path):
+    """README: a resume continues the same run bit for bit on CPU; under --compile too (the checkpoint's setting)."""
+    compiled = eager_and_compiled["compiled"]
+    proc, folder = resume_from_a_copy(compiled, 20, tmp_path)
+    assert "compile=True" in proc.stdout
+    a, b = (torch.load(d / "checkpoint_40.pt", weights_only=True) for d in (compiled, folder))
+    for name in ["actor", "qf", "qf_target", "vf", "actor_optimizer", "qf_optimizer", "vf_optimizer"]:
+        assert a[name].keys() == b[name].keys() and all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
+
+
+def test_a_resume_may_change_the_run_control_flags(eager_and_compiled, tmp_path):
+    """Only the run-control flags may change when a run continues (README): a compiled run goes on eager, and a run
+    that evaluates more often (with more episodes) still ends bit for bit where it would have: evaluation draws no
+    training randomness."""
+    eager, compiled = eager_and_compiled["eager"], eager_and_compiled["compiled"]
+    proc, folder = resume_from_a_copy(eager, 20, tmp_path, "--eval-interval", 10, "--eval-episodes", 2)
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("step ")] == ["30/40", "40/40"]
+    assert [row.split(",")[0] for row in (folder / "evaluations.csv").read_text().splitlines()[1:]] == ["30", "40"]
+    info = json.loads((folder / "run.json").read_text())["args"]
+    assert (info["eval_interval"], info["eval_episodes"]) == (10, 2)
+    a, b = final_params(eager / "checkpoint_40.pt"), final_params(folder / "checkpoint_40.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    proc, folder = resume_from_a_copy(compiled, 20, tmp_path, "--no-compile")
+    assert "compile=False" in proc.stdout and "step       40/40" in proc.stdout
+    assert json.loads((folder / "run.json").read_text())["args"]["compile"] is False
+    a, b = final_params(compiled / "checkpoint_40.pt"), final_params(folder / "checkpoint_40.pt")
+    # eager from step 21 on: as close to the compiled run as eager is (the tolerance of the test above)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-4) for k in a) and any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minari_root, tmp_path):
     args = [
         "--env-id",
         "D4RL/pointmaze/umaze-v2",
         "--total-steps",
-        600,
+        2000,
         "--eval-interval",
-        600,
+        2000,
         "--eval-episodes",
         1,
         "--checkpoint-interval",
-        10_000,
+        50,
         *TINY,
     ]
     run_script("iql.py", *args, "--runs-dir", tmp_path / "straight", cwd=tmp_path)
@@ -439,22 +489,24 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_to_the_same_result(minar
         stderr=subprocess.PIPE,
         text=True,
     )
+    # the signal goes once step 50's checkpoint exists (written by renaming: whole), i.e. the loop runs, with 1950 of
+    # its 2000 steps (~3 s here) still to go: it cannot miss the run, however fast the machine
     deadline = time.time() + 120
-    while not (tmp_path / "int").exists() or not list((tmp_path / "int").glob("*/events*")):
+    while not list((tmp_path / "int").glob("*/checkpoint_50.pt")):
         assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "interrupted by SIGINT at step" in out, out
-    ckpt = next((tmp_path / "int").glob("*/checkpoint_*.pt"))
-    interrupted_at = int(ckpt.stem.split("_")[1])
-    assert 0 <= interrupted_at < 600
+    interrupted_at = int(out.split("interrupted by SIGINT at step ")[1].split(";")[0])
+    ckpt = Path(out.split("continue with: python iql.py --resume ")[1].split()[0])  # as the script says to continue
+    assert ckpt.name == f"checkpoint_{interrupted_at}.pt" and ckpt.parent.parent == tmp_path / "int"
+    assert 0 <= interrupted_at < 2000
     run_script("iql.py", "--resume", ckpt, cwd=tmp_path)
-    a = final_params(next((tmp_path / "straight").glob("*/checkpoint_600.pt")))
-    b = final_params(ckpt.parent / "checkpoint_600.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = final_params(next((tmp_path / "straight").glob("*/checkpoint_2000.pt")))
+    b = final_params(ckpt.parent / "checkpoint_2000.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def test_eval_only_from_a_checkpoint(minari_root, tmp_path):
@@ -467,13 +519,18 @@ def test_eval_only_from_a_checkpoint(minari_root, tmp_path):
         "--eval-interval",
         20,
         "--eval-episodes",
-        1,
+        3,
         *TINY,
         cwd=tmp_path,
     )
     ckpt = next((tmp_path / "runs").glob("*/checkpoint_20.pt"))
     proc = run_script("iql.py", "--eval-only", ckpt, "--eval-episodes", 3, cwd=tmp_path)
     assert "eval-only D4RL/pointmaze/umaze-v2 | checkpoint step 20 | episodes 3 | score" in proc.stdout
+    # the checkpoint's actor on the training run's own evaluation episodes (same seeds, CPU): the same score, success,
+    # return and goal distance as the run's row for step 20, to the digits printed
+    (row,) = csv.DictReader((ckpt.parent / "evaluations.csv").read_text().splitlines())
+    expected = iql.summary_of({k: float(v) for k, v in row.items() if k != "step"})
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"| episodes 3 | {expected}"), (proc.stdout, expected)
     proc = run_script("iql.py", "--eval-only", ckpt, "--env-id", "D4RL/antmaze/umaze-v1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "trained on 'D4RL/pointmaze/umaze-v2', not 'D4RL/antmaze/umaze-v1'" in proc.stderr
 

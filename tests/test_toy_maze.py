@@ -13,6 +13,7 @@ import torch
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "toy_maze.py"
 NORTH, SOUTH, WEST, EAST = range(4)
+GOAL_REWARD = 10.0  # entering the goal pays 10 and ends the episode (section 5.1)
 
 
 def load_script():
@@ -74,6 +75,31 @@ def test_value_iteration_noisy_corridor(tm):
     assert q[:2].argmax(1).tolist() == [EAST, EAST]
 
 
+def test_v_star_of_the_u_maze_is_the_fixed_point_of_the_bellman_backup(tm):
+    """V* and Q* of the default maze satisfy the Bellman optimality equation, written out here cell by cell from the
+    walls (not with value_iteration's or transition_table's code): the backup is a γ-contraction with one fixed point,
+    so a zero residual on every reachable state means these are the exact optimal values."""
+    walls = tm.u_maze(10, 9, 6, 3)
+    height, width = walls.shape
+    start, goal, noise, gamma = 8 * 10 + 1, 1 * 10 + 1, 0.25, 0.9
+    v, q = tm.value_iteration(tm.transition_table(walls), goal, noise, gamma)
+
+    def moved(s, dr, dc):  # the cell reached from s; a wall or the edge of the grid leaves the agent where it is
+        r, c = s // width + dr, s % width + dc
+        return r * width + c if 0 <= r < height and 0 <= c < width and not walls[r, c] else s
+
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]  # north, south, west, east
+    states = [s for s in range(walls.size) if not walls.flat[s] and s != goal] + [start]
+    residuals = []
+    for s in states:
+        # the commanded move runs with probability 1 − noise; with probability noise a uniformly drawn one does
+        outcome = [GOAL_REWARD if moved(s, *d) == goal else gamma * v[moved(s, *d)] for d in steps]
+        backup = [(1 - noise) * outcome[a] + noise * sum(outcome) / 4 for a in range(4)]
+        residuals += [abs(v[s] - max(backup))] + [abs(q[s, a] - backup[a]) for a in range(4)]
+    assert max(residuals) < 1e-8 and v[goal] == 0.0
+    assert v[start] == pytest.approx(0.870, abs=5e-4)  # README's V*(start); the start is 19 noiseless moves from the goal
+
+
 def test_u_maze_geometry_and_shortest_path(tm):
     walls = tm.u_maze(10, 9, 6, 3)
     assert (~walls).sum() == 7 * 8 - 6 * 3  # interior minus the obstacle
@@ -127,6 +153,10 @@ def test_iql_beats_one_step_against_v_star(tm, fast_run):
     assert iql["greedy"]["success_rate"] >= 0.9
     assert iql["v_start"] > one_step["v_start"]
     assert "IQL tau=0.95" in proc.stdout
+    # greedy success need not separate them (one-step's reaches 0.999 in the README's full run); AWR's does. Measured at
+    # this budget, AWR success, IQL / one-step: seed 1 1.000 / 0.255, seed 2 1.000 / 0.355, seed 3 1.000 / 0.230
+    assert iql["awr"]["success_rate"] >= 0.9
+    assert iql["awr"]["success_rate"] >= one_step["awr"]["success_rate"] + 0.5
 
 
 def test_outputs_written(tm, fast_run):

@@ -275,3 +275,7 @@ def assert_success_is_judged_at_the_goal_cell_centre(env, seeds=range(50)):
             obs, reward, terminated, _, info = env.step(np.zeros(env.action_space.shape))
             assert info["success"] is expected and terminated is expected and reward == float(expected), (seed, xy)
             assert np.linalg.norm(obs["desired_goal"] - centre) == 0.0
+
+
+if __name__ == "__main__":  # python tests/conftest.py DIR: the test datasets in DIR, for docs/ figures or a first try
+    build_all(Path(sys.argv[1]).resolve())

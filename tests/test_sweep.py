@@ -225,19 +225,19 @@ def slurm(*args):
 
 @pytest.mark.skipif(not slurm_answers(), reason="no SLURM answers (scontrol ping); start one: tests/start_slurm.sh")
 def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs_result(minari_root, tmp_path):
-    """Two tiny iql.py tasks with a one-minute limit. Task 0 is requeued while it trains (SIGTERM, as preemption);
-    task 1 gets the time-limit warning (SIGUSR1, some 30 s in) and requeues itself. Both continue where they
-    stopped and end bit for bit where straight runs of the same seeds end."""
+    """Two tiny iql.py tasks, each an array of its own. The first (limit 30 min) is requeued while it trains
+    (SIGTERM, as preemption); the second (limit 1 min: the time-limit warning, SIGUSR1, comes at SLURM's first
+    periodic check) requeues itself. Both continue where they stopped and end bit for bit where straight runs end."""
     flags = ["--total-steps", 30_000, "--eval-interval", 10_000, "--eval-episodes", 2, "--checkpoint-interval", 2000,
              "--batch-size", 64, "--hidden-dim", 64, "--log-interval", 1000]  # fmt: skip
-    sweep = tmp_path / "sweep.txt"
-    sweep.write_text(f"# script dataset seed flags\n\n{ROOT}/iql.py {POINTMAZE} 1 {' '.join(map(str, flags))}\n"
-                     f"{ROOT}/iql.py {POINTMAZE} 2 {' '.join(map(str, flags))}\n")  # fmt: skip
-    env = {**os.environ, "PYTHON": sys.executable}
-    submitted = subprocess.run(["bash", ROOT / "benchmark" / "sweep.sbatch", sweep, "--time=1", "--cpus-per-task=1",
-                                "--mem=1G"], cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    job = re.search(r"Submitted batch job (\d+)", submitted.stdout)[1]
+    env, jobs = {**os.environ, "PYTHON": sys.executable}, []
+    for seed, limit in [(1, "--time=30"), (2, "--time=1")]:
+        sweep = tmp_path / f"sweep{seed}.txt"
+        sweep.write_text(f"# script dataset seed flags\n\n{ROOT}/iql.py {POINTMAZE} {seed} {' '.join(map(str, flags))}\n")
+        submitted = subprocess.run(["bash", ROOT / "benchmark" / "sweep.sbatch", sweep, limit, "--cpus-per-task=1",
+                                    "--mem=1G"], cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        jobs.append(re.search(r"Submitted batch job (\d+)", submitted.stdout)[1])
     names = [f"iql__D4RL-pointmaze-umaze-v2__{'_'.join(map(str, flags)).replace('--', '')}__s{seed}" for seed in (1, 2)]
     runs = tmp_path / "runs" / "sweep"
     try:
@@ -245,19 +245,19 @@ def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs
         while not list((runs / names[0]).glob("checkpoint_*.pt")):
             assert time.time() < deadline
             time.sleep(0.2)
-        slurm("scontrol", "requeue", f"{job}_0")
-        while queue := slurm("squeue", "-h", "-j", job, "-o", "%i %T %r").split("\n")[:-1]:
+        slurm("scontrol", "requeue", f"{jobs[0]}_0")
+        while queue := slurm("squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T %r").split("\n")[:-1]:
             assert time.time() < deadline, queue
             for task, state, reason in (line.split() for line in queue):
                 if state == "PENDING" and reason == "BeginTime":  # a requeued task waits ~2 min: start it now
                     slurm("scontrol", "update", f"JobId={task}", "StartTime=now")
             time.sleep(1)
     finally:
-        subprocess.run(["scancel", job])
-    for task in (0, 1):
-        record = slurm("scontrol", "show", "job", f"{job}_{task}")
+        subprocess.run(["scancel", *jobs])
+    for job in jobs:
+        record = slurm("scontrol", "show", "job", f"{job}_0")
         assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, record
-    logs = [(runs / "slurm" / f"iql-sweep_{job}_{task}.out").read_text() for task in (0, 1)]
+    logs = [(runs / "slurm" / f"iql-sweep_{job}_0.out").read_text() for job in jobs]
     assert "restart 0," in logs[0] and "restart 1," in logs[0] and "interrupted by SIGTERM" in logs[0], logs[0]
     assert "restart 1," in logs[1] and "interrupted by SIGUSR1" in logs[1] and "exit status 138" in logs[1], logs[1]
     for log in logs:

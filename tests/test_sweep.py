@@ -254,10 +254,10 @@ def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs
             time.sleep(1)
     finally:
         subprocess.run(["scancel", *jobs])
-    for job in jobs:
-        record = slurm("scontrol", "show", "job", f"{job}_0")
-        assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, record
     logs = [(runs / "slurm" / f"iql-sweep_{job}_0.out").read_text() for job in jobs]
+    for job, log in zip(jobs, logs):
+        record = slurm("scontrol", "show", "job", f"{job}_0")
+        assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, record + log
     assert "restart 0," in logs[0] and "restart 1," in logs[0] and "interrupted by SIGTERM" in logs[0], logs[0]
     assert "restart 1," in logs[1] and "interrupted by SIGUSR1" in logs[1] and "exit status 138" in logs[1], logs[1]
     for log in logs:

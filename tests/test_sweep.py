@@ -227,8 +227,9 @@ def slurm(*args):
 def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs_result(minari_root, tmp_path):
     """Two tiny iql.py tasks, each an array of its own. The first (limit 30 min) is requeued while it trains
     (SIGTERM, as preemption); the second (limit 1 min: the time-limit warning, SIGUSR1, comes at SLURM's first
-    periodic check) requeues itself. Both continue where they stopped and end bit for bit where straight runs end."""
-    flags = ["--total-steps", 30_000, "--eval-interval", 10_000, "--eval-episodes", 2, "--checkpoint-interval", 2000,
+    periodic check) requeues itself and runs again with 30 min, as a user who raised the limit would. Both continue
+    where they stopped and end bit for bit where straight runs end."""
+    flags = ["--total-steps", 20_000, "--eval-interval", 10_000, "--eval-episodes", 2, "--checkpoint-interval", 2000,
              "--batch-size", 64, "--hidden-dim", 64, "--log-interval", 1000]  # fmt: skip
     env, jobs = {**os.environ, "PYTHON": sys.executable}, []
     for seed, limit in [(1, "--time=30"), (2, "--time=1")]:
@@ -249,8 +250,8 @@ def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs
         while queue := slurm("squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T %r").split("\n")[:-1]:
             assert time.time() < deadline, queue
             for task, state, reason in (line.split() for line in queue):
-                if state == "PENDING" and reason == "BeginTime":  # a requeued task waits ~2 min: start it now
-                    slurm("scontrol", "update", f"JobId={task}", "StartTime=now")
+                if state == "PENDING" and reason == "BeginTime":  # a requeued task waits ~2 min: start it now,
+                    slurm("scontrol", "update", f"JobId={task}", "StartTime=now", "TimeLimit=30")  # given time to end
             time.sleep(1)
     finally:
         subprocess.run(["scancel", *jobs])
@@ -268,7 +269,7 @@ def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs
     for seed, name in zip((1, 2), names):
         straight = tmp_path / "runs" / str(seed)
         assert (runs / name / "evaluations.csv").read_text() == (straight / "evaluations.csv").read_text()
-        a, b = params(straight / "checkpoint_30000.pt"), params(runs / name / "checkpoint_30000.pt")
+        a, b = params(straight / "checkpoint_20000.pt"), params(runs / name / "checkpoint_20000.pt")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     table = results(runs, cwd=tmp_path).stdout
-    assert f"| iql.py | {POINTMAZE} | seed" not in table and "| 2 | 30000 |  |" in table, table
+    assert f"| iql.py | {POINTMAZE} | seed" not in table and "| 2 | 20000 |  |" in table, table

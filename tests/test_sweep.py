@@ -226,16 +226,17 @@ def slurm(*args):
 @pytest.mark.skipif(not slurm_answers(), reason="no SLURM answers (scontrol ping); start one: tests/start_slurm.sh")
 def test_sweep_tasks_requeued_or_at_their_time_limit_continue_to_a_straight_runs_result(minari_root, tmp_path):
     """Two tiny iql.py tasks, each an array of its own. The first (limit 30 min) is requeued while it trains
-    (SIGTERM, as preemption); the second (limit 1 min: the time-limit warning, SIGUSR1, comes at SLURM's first
-    periodic check) requeues itself and runs again with 30 min, as a user who raised the limit would. Both continue
-    where they stopped and end bit for bit where straight runs end."""
+    (SIGTERM, as preemption); the second (limit 1 min, warning 20 s before it: SLURM checks time limits every 30 s,
+    so SIGUSR1 comes 10-40 s after the start, once the job script runs, and the limit itself 60-90 s after it)
+    requeues itself and runs again with 30 min, as a user who raised the limit would. Both continue where they
+    stopped and end bit for bit where straight runs end."""
     flags = ["--total-steps", 20_000, "--eval-interval", 10_000, "--eval-episodes", 2, "--checkpoint-interval", 2000,
              "--batch-size", 64, "--hidden-dim", 64, "--log-interval", 1000]  # fmt: skip
     env, jobs = {**os.environ, "PYTHON": sys.executable}, []
-    for seed, limit in [(1, "--time=30"), (2, "--time=1")]:
+    for seed, limit in [(1, ["--time=30"]), (2, ["--time=1", "--signal=B:USR1@20"])]:
         sweep = tmp_path / f"sweep{seed}.txt"
         sweep.write_text(f"# script dataset seed flags\n\n{ROOT}/iql.py {POINTMAZE} {seed} {' '.join(map(str, flags))}\n")
-        submitted = subprocess.run(["bash", ROOT / "benchmark" / "sweep.sbatch", sweep, limit, "--cpus-per-task=1",
+        submitted = subprocess.run(["bash", ROOT / "benchmark" / "sweep.sbatch", sweep, *limit, "--cpus-per-task=1",
                                     "--mem=1G"], cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
         jobs.append(re.search(r"Submitted batch job (\d+)", submitted.stdout)[1])
